@@ -1,0 +1,143 @@
+"""Turn a GGUF file into the engine's store: config, tokenizer, one safetensors.
+
+transformers knows how to read GGUF metadata and how GGUF tensor names and
+layouts map to its own modules, but its loader dequantizes the whole file into
+memory at once. Here the same mapping is applied one tensor at a time, and each
+dequantized tensor goes straight to disk, so conversion memory stays near the
+size of the largest tensor.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from gguf import GGUFReader, ReaderTensor, dequantize
+from tqdm import tqdm
+from transformers import AutoConfig, AutoTokenizer, PreTrainedModel
+from transformers.modeling_gguf_pytorch_utils import (
+    TENSOR_PROCESSORS,
+    TensorProcessor,
+    get_gguf_hf_weights_map,
+    load_gguf_checkpoint,
+)
+
+from engine.checkpoint import SINGLE_FILE
+from engine.errors import ModelFileError, UnsupportedModelError
+from engine.skeleton import build_skeleton
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    source: ReaderTensor
+    name: str
+    shape: tuple[int, ...]
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape)) * 4
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
+    """Write ``out_dir`` as a model folder; ``out_dir`` appears only when complete."""
+    partial = out_dir.with_name(out_dir.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    config = _save_config_and_tokenizer(gguf_path, partial)
+
+    reader = _open_reader(gguf_path)
+    plan = _plan(reader, config, gguf_path)
+    _write_safetensors(plan, partial / SINGLE_FILE, _processor(gguf_path, config))
+    os.replace(partial, out_dir)
+    logger.info("converted %s into %s", gguf_path.name, out_dir)
+
+
+def _open_reader(gguf_path: Path) -> GGUFReader:
+    try:
+        return GGUFReader(gguf_path)
+    except (ValueError, OSError, struct.error) as error:
+        raise ModelFileError(str(gguf_path), f"not a readable GGUF file ({error})")
+
+
+def _save_config_and_tokenizer(gguf_path: Path, out_dir: Path):
+    try:
+        config = AutoConfig.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        tokenizer = AutoTokenizer.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name
+        )
+    except ValueError as error:
+        raise UnsupportedModelError(f"{gguf_path}: {error}")
+    config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return config
+
+
+def _processor(gguf_path: Path, config) -> TensorProcessor:
+    # The processors expect the raw config dict parsed from the GGUF metadata.
+    parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=False)["config"]
+    architecture = _architecture(config)
+    return TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed)
+
+
+def _architecture(config) -> str:
+    return {"gemma3_text": "gemma3"}.get(config.model_type, config.model_type)
+
+
+def _plan(reader: GGUFReader, config, gguf_path: Path) -> list[PlannedTensor]:
+    skeleton: PreTrainedModel = build_skeleton(config)
+    shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
+    processor = TENSOR_PROCESSORS.get(_architecture(config), TensorProcessor)()
+    name_map = get_gguf_hf_weights_map(skeleton, processor)
+
+    plan = []
+    for tensor in reader.tensors:
+        name = name_map.get(tensor.name)
+        if name is None:
+            logger.debug(
+                "GGUF tensor %s has no place in the model; skipped", tensor.name
+            )
+            continue
+        plan.append(PlannedTensor(tensor, name, shapes[name]))
+    if not plan:
+        raise ModelFileError(str(gguf_path), "no tensor maps to the model")
+    return plan
+
+
+def _write_safetensors(
+    plan: list[PlannedTensor], path: Path, processor: TensorProcessor
+) -> None:
+    with path.open("wb") as out:
+        out.write(_header(plan))
+        for item in tqdm(plan, desc="Converting GGUF", unit="tensor"):
+            out.write(_dequantized(item, processor).tobytes())
+
+
+def _header(plan: list[PlannedTensor]) -> bytes:
+    entries, offset = {}, 0
+    for item in plan:
+        entries[item.name] = {
+            "dtype": "F32",
+            "shape": list(item.shape),
+            "data_offsets": [offset, offset + item.nbytes],
+        }
+        offset += item.nbytes
+    text = json.dumps(entries).encode()
+    text += b" " * (-len(text) % 8)  # keeps tensor data 8-byte aligned
+    return struct.pack("<Q", len(text)) + text
+
+
+def _dequantized(item: PlannedTensor, processor: TensorProcessor) -> np.ndarray:
+    tensor = item.source
+    weights = dequantize(tensor.data, tensor.tensor_type)
+    weights = processor.process(weights=weights, name=tensor.name).weights
+    if tuple(weights.shape) != item.shape:
+        raise ModelFileError(
+            tensor.name, f"shape {weights.shape} where the model expects {item.shape}"
+        )
+    return np.ascontiguousarray(weights, dtype=np.float32)

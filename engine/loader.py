@@ -1,0 +1,149 @@
+"""From a model argument to a running engine.
+
+A model argument is nothing (the default model), a Hugging Face model folder
+read in place, a ``.gguf`` file converted once into the store, or a hub id.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import transformers
+from packaging.version import Version
+from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
+
+from engine.checkpoint import Checkpoint, has_checkpoint
+from engine.engine import Engine
+from engine.errors import ModelFileError, UnsupportedModelError
+from engine.options import EngineOptions
+from engine.runner import ModelRunner
+from engine.skeleton import build_skeleton
+from engine.store import DEFAULT_MODEL_ID, model_id_for, pull_default_model, stored_gguf
+
+logger = logging.getLogger(__name__)
+
+# The engine calls transformers' decoder layers directly; their keyword
+# arguments changed within 5.x, so only the tested releases are accepted.
+TRANSFORMERS_RANGE = (Version("5.25"), Version("5.26"))
+SUPPORTED_MODEL_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3", "gemma3_text"})
+
+
+@dataclass(frozen=True)
+class ModelFolder:
+    model_id: str
+    path: Path
+
+
+def open_engine(model: str | None, options: EngineOptions) -> Engine:
+    check_transformers()
+    folder = resolve_model(model, options.home)
+    config = _load_config(folder.path)
+    tokenizer = _load_tokenizer(folder.path)
+    checkpoint = Checkpoint(folder.path)
+    runner = ModelRunner(
+        build_skeleton(config),
+        checkpoint,
+        options.device,
+        options.dtype,
+        options.prefetch_depth,
+    )
+    _log_plan(folder, checkpoint, options)
+    stops = _stop_token_ids(config, tokenizer, folder.path)
+    return Engine(folder.model_id, tokenizer, runner, options, stops)
+
+
+def check_transformers() -> None:
+    found = Version(transformers.__version__)
+    low, high = TRANSFORMERS_RANGE
+    if not low <= found < high:
+        raise UnsupportedModelError(
+            f"layerstream needs transformers>={low},<{high}; found {found}"
+        )
+
+
+def resolve_model(model: str | None, home: Path) -> ModelFolder:
+    if model is None:
+        return ModelFolder(DEFAULT_MODEL_ID, pull_default_model(home))
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return ModelFolder(model_id_for(path), stored_gguf(path, home))
+    if path.is_dir():
+        _check_folder(path)
+        return ModelFolder(model_id_for(path), path)
+    if path.exists():
+        raise ModelFileError(str(path), "expected a model folder or a .gguf file")
+    raise ModelFileError(str(path), "no such file or folder")
+
+
+def _check_folder(path: Path) -> None:
+    if not (path / "config.json").is_file():
+        raise ModelFileError(str(path), "no config.json in the folder")
+    if not has_checkpoint(path):
+        pickles = sorted(p.name for p in path.glob("*.bin"))
+        hint = f" ({pickles[0]} is a pickle file; convert it)" if pickles else ""
+        raise ModelFileError(str(path), f"no safetensors checkpoint{hint}")
+
+
+def _load_config(folder: Path) -> PretrainedConfig:
+    try:
+        config = AutoConfig.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ModelFileError(str(folder / "config.json"), str(error)) from error
+    if config.model_type not in SUPPORTED_MODEL_TYPES:
+        raise UnsupportedModelError(
+            f"{folder}: model type {config.model_type!r} is not supported "
+            f"(supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
+        )
+    return config
+
+
+def _load_tokenizer(folder: Path):
+    try:
+        return AutoTokenizer.from_pretrained(folder)
+    except (OSError, ValueError) as error:
+        raise ModelFileError(
+            str(folder), f"cannot load the tokenizer: {error}"
+        ) from error
+
+
+def _stop_token_ids(config, tokenizer, folder: Path) -> frozenset[int]:
+    ids: set[int] = set()
+    for value in (config.eos_token_id, tokenizer.eos_token_id, _generation_eos(folder)):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, list):
+            ids.update(value)
+    return frozenset(ids)
+
+
+def _generation_eos(folder: Path) -> int | list[int] | None:
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("eos_token_id")
+
+
+def _log_plan(
+    folder: ModelFolder, checkpoint: Checkpoint, options: EngineOptions
+) -> None:
+    itemsize = options.dtype.itemsize
+    streamed = sum(checkpoint.layer_numel(i) for i in range(checkpoint.num_layers))
+    logger.info(
+        "model %s from %s on %s as %s: resident %s (embeddings, norm, head), "
+        "streamed %s in %d layers, prefetch depth %d",
+        folder.model_id,
+        folder.path,
+        options.device,
+        options.dtype,
+        _bytes(checkpoint.resident_numel * itemsize),
+        _bytes(streamed * itemsize),
+        checkpoint.num_layers,
+        options.prefetch_depth,
+    )
+
+
+def _bytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB ({count} bytes)"

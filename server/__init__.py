@@ -1,0 +1,1 @@
+"""layerstream's HTTP side: an OpenAI-compatible API in front of the engine."""

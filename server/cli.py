@@ -1,0 +1,174 @@
+"""The ``layerstream`` command: ``serve`` the API, or ``pull`` the default model.
+
+Flags override settings only when given, so ``config.yaml`` and the
+environment keep their say over everything left out of the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+import yaml
+from fastapi import FastAPI
+from pydantic import ValidationError
+from pydantic_core import ErrorDetails
+
+from engine import open_engine
+from engine.errors import LayerstreamError
+from engine.store import pull_default_model
+from server.app import create_app
+from server.settings import Settings, SettingsError, engine_options
+
+logger = logging.getLogger(__name__)
+
+EXIT_FAILURE = 1
+EXIT_BAD_SETTINGS = 2
+EXIT_INTERRUPTED = 130
+
+_CONFIG_FLAG = ("--config", "YAML settings file (default ./config.yaml if present)")
+_HOME_FLAG = ("--home", "folder for pulled and converted models")
+_LOG_FLAG = ("--log-level", "critical, error, warning, info or debug")
+SERVE_FLAGS = (
+    _CONFIG_FLAG,
+    ("--model", "HF model folder or .gguf file (default: the embedded model)"),
+    ("--served-model-name", "model id to report and accept in requests"),
+    ("--host", "address to listen on"),
+    ("--port", "TCP port to listen on"),
+    ("--device", "auto, cpu, cuda or cuda:N"),
+    ("--dtype", "auto, float32, bfloat16 or float16"),
+    ("--max-batch", "most sequences sharing one sweep"),
+    ("--max-queue", "most requests waiting; more get HTTP 503"),
+    ("--prefetch-depth", "layers read ahead of the one computing"),
+    _HOME_FLAG,
+    _LOG_FLAG,
+)
+PULL_FLAGS = (_CONFIG_FLAG, _HOME_FLAG, _LOG_FLAG)
+
+
+class PortUnavailable(Exception):
+    def __init__(self, host: str, port: int, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="layerstream", description="OpenAI-compatible server for big models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the HTTP server")
+    _add_flags(serve_parser, SERVE_FLAGS)
+    pull_parser = commands.add_parser("pull", help="fetch the default model")
+    _add_flags(pull_parser, PULL_FLAGS)
+    return parser
+
+
+def _add_flags(
+    parser: argparse.ArgumentParser, flags: tuple[tuple[str, str], ...]
+) -> None:
+    # Values stay strings: the Settings model validates and converts them, so a
+    # bad flag reads the same as a bad config entry.
+    for flag, help_text in flags:
+        parser.add_argument(flag, help=help_text, default=argparse.SUPPRESS)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides = {key: value for key, value in vars(args).items() if key != "command"}
+    command = serve if args.command == "serve" else pull
+    try:
+        return command(overrides)
+    except ValidationError as exc:
+        return _fail(_describe_invalid(exc), EXIT_BAD_SETTINGS)
+    except SettingsError as exc:
+        return _fail(str(exc), EXIT_BAD_SETTINGS)
+    except yaml.YAMLError as exc:
+        return _fail(
+            _one_line(f"config file is not valid YAML: {exc}"), EXIT_BAD_SETTINGS
+        )
+    except (LayerstreamError, PortUnavailable) as exc:
+        return _fail(str(exc), EXIT_FAILURE)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def serve(overrides: dict[str, Any]) -> int:
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level)
+    # Claim the port before the model loads, which can take minutes.
+    with claim_port(settings.host, settings.port) as listener:
+        logger.info("settings: %s", settings.model_dump(mode="json"))
+        engine = open_engine(settings.model, engine_options(settings))
+        try:
+            run_server(create_app(settings, engine), listener, settings)
+        except KeyboardInterrupt:
+            # uvicorn shuts down cleanly on Ctrl-C, then raises it again.
+            logger.info("interrupted; stopping")
+        finally:
+            engine.shutdown()
+    return 0
+
+
+def pull(overrides: dict[str, Any]) -> int:
+    settings = Settings(**overrides)
+    configure_logging(settings.log_level)
+    print(pull_default_model(settings.home))
+    return 0
+
+
+def claim_port(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    # Lets a restart reuse a port whose old connections linger in TIME_WAIT; a
+    # port another process listens on still fails to bind.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host, port))
+    except OSError as exc:
+        listener.close()
+        raise PortUnavailable(host, port, exc.strerror or str(exc)) from exc
+    return listener
+
+
+def run_server(app: FastAPI, listener: socket.socket, settings: Settings) -> None:
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        log_level=settings.log_level,
+        access_log=False,  # the app logs one line per request itself
+    )
+    logger.info("listening on http://%s:%d/v1", settings.host, settings.port)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _describe_invalid(exc: ValidationError) -> str:
+    problems = [_describe_problem(error) for error in exc.errors()]
+    return "invalid setting " + "; ".join(problems)
+
+
+def _describe_problem(error: ErrorDetails) -> str:
+    name = ".".join(map(str, error["loc"]))
+    reason = str(error["msg"]).removeprefix("Value error, ")
+    return f"{name}: {reason} (got {error['input']!r})"
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"layerstream: error: {message}", file=sys.stderr)
+    return code

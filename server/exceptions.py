@@ -1,0 +1,53 @@
+"""Errors the server raises itself, each carrying its OpenAI error fields."""
+
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    """A request the server refuses; the error boundary turns it into JSON."""
+
+    status_code: int = 400
+    type: str = "invalid_request_error"
+    param: str | None = None
+    code: str | None = None
+
+
+class ModelNotFound(ApiError):
+    status_code = 404
+    param = "model"
+    code = "model_not_found"
+
+    def __init__(self, requested: str, served: str) -> None:
+        super().__init__(
+            f"model {requested!r} does not exist; this server serves {served!r}"
+        )
+
+
+class ContextLengthExceeded(ApiError):
+    param = "messages"
+    code = "context_length_exceeded"
+
+    def __init__(
+        self, prompt_tokens: int, context_length: int, is_lower_bound: bool = False
+    ) -> None:
+        count = f"at least {prompt_tokens}" if is_lower_bound else str(prompt_tokens)
+        super().__init__(
+            f"the messages take {count} tokens but the model's context holds "
+            f"{context_length} tokens, including the completion; shorten them"
+        )
+
+
+class InvalidMessages(ApiError):
+    """The model's chat template cannot render these messages."""
+
+    param = "messages"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the model's chat template rejected the messages: {reason}")
+
+
+class NoChatTemplate(ApiError):
+    param = "messages"
+
+    def __init__(self) -> None:
+        super().__init__("the model has no chat template, so it cannot take messages")

@@ -1,0 +1,27 @@
+"""``GET /v1/models`` and ``GET /v1/models/{id}``: the one model served."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from server.schemas.model_list import ModelCard, ModelList
+from server.served_model import ServedModel
+
+router = APIRouter()
+
+
+def _served(request: Request) -> ServedModel:
+    return request.app.state.served_model
+
+
+@router.get("/v1/models")
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[_served(request).card])
+
+
+# ":path" because hub-style ids contain a slash ("org/name").
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    served = _served(request)
+    served.require(model_id)
+    return served.card

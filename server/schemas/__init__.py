@@ -1,0 +1,1 @@
+"""Pydantic models of the OpenAI wire types the server reads and writes."""

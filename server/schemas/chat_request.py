@@ -1,0 +1,104 @@
+"""The body of ``POST /v1/chat/completions``; all input validation lives here."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Role
+    # A plain string arrives here already wrapped as one text part, so the rest
+    # of the server sees a single shape.
+    content: list[TextPart] | None = Field(default=None, validate_default=True)
+
+    @field_validator("content", mode="before")
+    @classmethod
+    def _wrap_string(cls, content: Any) -> Any:
+        if isinstance(content, str):
+            return [{"type": "text", "text": content}]
+        if content is not None and not isinstance(content, list):
+            raise ValueError("content must be a string or an array of text parts")
+        return content
+
+    @field_validator("content")
+    @classmethod
+    def _required_unless_assistant(
+        cls, content: list[TextPart] | None, info: ValidationInfo
+    ) -> list[TextPart] | None:
+        # An assistant turn may carry only tool calls; every other role speaks.
+        role = info.data.get("role")
+        if content is None and role != "assistant":
+            raise ValueError(f"content is required for a {role} message")
+        return content
+
+    @property
+    def text(self) -> str:
+        return "\n".join(part.text for part in self.content or [])
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+StopList = Annotated[list[str], Field(max_length=4)]
+
+
+class ChatCompletionRequest(BaseModel):
+    # Fields of the OpenAI API this server does not use yet are accepted and
+    # ignored, as clients send many of them by default.
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    seed: int | None = None
+    stop: StopList | None = None
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1)
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _wrap_stop_string(cls, stop: Any) -> Any:
+        return [stop] if isinstance(stop, str) else stop
+
+    @field_validator("n")
+    @classmethod
+    def _single_choice(cls, n: int) -> int:
+        if n != 1:
+            raise ValueError(f"n={n} is not supported; only one choice per request")
+        return n
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _null_n_is_one(cls, n: Any) -> Any:
+        return 1 if n is None else n
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        """The completion cap asked for; the newer field wins over the older one."""
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def is_streamed(self) -> bool:
+        return bool(self.stream)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})

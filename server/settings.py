@@ -1,0 +1,135 @@
+"""The server's one settings object, and its translation into engine options.
+
+Sources, lowest to highest precedence: ``config.yaml`` < ``LAYERSTREAM_*``
+environment variables < command-line flags (passed as keyword arguments).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+from engine.options import EngineOptions
+
+DEFAULT_CONFIG_FILE = Path("config.yaml")
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
+
+class SettingsError(ValueError):
+    """A setting is well-formed but cannot be honoured on this machine."""
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LAYERSTREAM_", extra="forbid")
+
+    config: Path | None = None
+    model: str | None = None
+    served_model_name: str | None = None
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    device: str = "auto"
+    dtype: DtypeName = "auto"
+    max_batch: int = Field(default=8, ge=1)
+    max_queue: int = Field(default=64, ge=1)
+    prefetch_depth: int = Field(default=2, ge=1)
+    home: Path = Path("~/.cache/layerstream")
+    log_level: LogLevel = "info"
+
+    @field_validator("config")
+    @classmethod
+    def _config_exists(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        return path
+
+    @field_validator("device")
+    @classmethod
+    def _known_device(cls, device: str) -> str:
+        if not _DEVICE_PATTERN.fullmatch(device):
+            raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
+        return device
+
+    @field_validator("home")
+    @classmethod
+    def _expand_home(cls, home: Path) -> Path:
+        return home.expanduser()
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_log_level(cls, level: Any) -> Any:
+        return level.lower() if isinstance(level, str) else level
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config_file = _config_file(init_settings(), env_settings())
+        sources: tuple[PydanticBaseSettingsSource, ...] = (init_settings, env_settings)
+        if config_file is None:
+            return sources
+        return (*sources, YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+
+
+def _config_file(flags: dict[str, Any], env: dict[str, Any]) -> Path | None:
+    """The YAML file to read: named by a flag, else the environment, else default."""
+    chosen = flags.get("config") or env.get("config")
+    if chosen:
+        return Path(chosen)
+    # The default file is optional; a named one that is missing fails validation.
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda":
+        _require_cuda_device(device)
+    return device
+
+
+def _require_cuda_device(device: torch.device) -> None:
+    if not torch.cuda.is_available():
+        raise SettingsError(f"device {device} requested but CUDA is not available")
+    count = torch.cuda.device_count()
+    if device.index is not None and device.index >= count:
+        raise SettingsError(f"device {device} requested but only {count} GPU(s) seen")
+
+
+def resolve_dtype(name: DtypeName, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return getattr(torch, name)
+    if device.type != "cuda":
+        return torch.float32
+    # Older GPUs emulate bfloat16 slowly or not at all; float16 is the fallback.
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def engine_options(settings: Settings) -> EngineOptions:
+    device = resolve_device(settings.device)
+    return EngineOptions(
+        device=device,
+        dtype=resolve_dtype(settings.dtype, device),
+        max_batch=settings.max_batch,
+        max_queue=settings.max_queue,
+        prefetch_depth=settings.prefetch_depth,
+        home=settings.home,
+    )

@@ -1,0 +1,36 @@
+"""Fixtures shared by the whole suite: the real default model, built once.
+
+The default model is pulled into the same store the server uses
+(``LAYERSTREAM_HOME``, else ``~/.cache/layerstream``), so a machine that
+already ran ``layerstream serve`` or ``layerstream pull`` converts nothing.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer, PreTrainedTokenizerBase
+
+from engine.store import fetch_default_gguf, pull_default_model
+
+
+def store_home() -> Path:
+    return Path(os.environ.get("LAYERSTREAM_HOME", "~/.cache/layerstream")).expanduser()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    return pull_default_model(store_home())
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir: Path) -> PreTrainedTokenizerBase:
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The original GGUF file, for comparisons with transformers' own loader."""
+    return fetch_default_gguf(tmp_path_factory.mktemp("smollm2-gguf"))

@@ -1,0 +1,188 @@
+"""The error boundary: every failure is an OpenAI error body with the right status."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from engine.errors import EngineStoppedError, QueueFullError
+
+if TYPE_CHECKING:
+    from conftest import FakeEngine
+
+MODEL = "smollm2-135m-instruct"
+HELLO = {"role": "user", "content": "Say hello."}
+
+
+def _post(client: TestClient, **fields: Any) -> tuple[int, dict[str, Any]]:
+    body = {"model": MODEL, "messages": [HELLO], **fields}
+    response = client.post("/v1/chat/completions", json=body)
+    return response.status_code, response.json()
+
+
+def _error(status: int, body: dict[str, Any]) -> dict[str, Any]:
+    """The error object, after checking the body has exactly the OpenAI shape."""
+    assert set(body) == {"error"}, (status, body)
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+    return body["error"]
+
+
+def test_body_that_is_not_json_is_a_400(client: TestClient) -> None:
+    response = client.post(
+        "/v1/chat/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+
+    error = _error(response.status_code, response.json())
+    assert response.status_code == 400
+    assert error["type"] == "invalid_request_error"
+    assert "not valid JSON" in error["message"]
+
+
+def test_body_sent_as_plain_text_is_a_400(client: TestClient) -> None:
+    response = client.post(
+        "/v1/chat/completions",
+        content=b'{"model": "x"}',
+        headers={"content-type": "text/plain"},
+    )
+
+    error = _error(response.status_code, response.json())
+    assert response.status_code == 400
+    assert "application/json" in error["message"]
+
+
+def test_missing_messages_is_a_400_naming_messages(client: TestClient) -> None:
+    response = client.post("/v1/chat/completions", json={"model": MODEL})
+
+    error = _error(response.status_code, response.json())
+    assert response.status_code == 400
+    assert error["param"] == "messages"
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": 0}, "max_tokens"),
+        ({"max_completion_tokens": 0}, "max_completion_tokens"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"top_p": 0}, "top_p"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"n": 3}, "n"),
+        ({"messages": []}, "messages"),
+        ({"messages": [{"role": "user"}]}, "messages.0.content"),
+        ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
+        (
+            {"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+            "messages.0.content.0.type",
+        ),
+    ],
+)
+def test_invalid_field_is_a_400_naming_it(
+    client: TestClient, fields: dict[str, Any], param: str
+) -> None:
+    status, body = _post(client, **fields)
+
+    assert (status, _error(status, body)["param"]) == (400, param)
+
+
+def test_n_above_one_says_it_is_unsupported(client: TestClient) -> None:
+    status, body = _post(client, n=3)
+
+    assert "n=3 is not supported" in _error(status, body)["message"]
+
+
+def test_unknown_model_is_a_404_model_not_found(client: TestClient) -> None:
+    status, body = _post(client, model="no-such-model")
+
+    error = _error(status, body)
+    assert (status, error["code"], error["param"]) == (404, "model_not_found", "model")
+    assert "no-such-model" in error["message"]
+
+
+def test_prompt_longer_than_the_context_is_context_length_exceeded(
+    client: TestClient,
+) -> None:
+    long_message = {"role": "user", "content": "word " * 1000}
+
+    status, body = _post(client, messages=[long_message])
+
+    error = _error(status, body)
+    assert (status, error["code"], error["param"]) == (
+        400,
+        "context_length_exceeded",
+        "messages",
+    )
+
+
+def test_huge_prompt_is_still_context_length_exceeded(client: TestClient) -> None:
+    huge_message = {"role": "user", "content": "word " * 2_000_000}
+
+    status, body = _post(client, messages=[huge_message])
+
+    assert (status, _error(status, body)["code"]) == (400, "context_length_exceeded")
+
+
+def test_template_that_rejects_the_messages_is_a_400(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    tokenizer = fake_engine.tokenizer
+    original = tokenizer.chat_template
+    tokenizer.chat_template = (
+        "{% if messages[0]['role'] == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+    )
+    try:
+        status, body = _post(client, messages=[{"role": "system", "content": "Hi"}])
+    finally:
+        tokenizer.chat_template = original
+
+    error = _error(status, body)
+    assert (status, error["param"]) == (400, "messages")
+    assert "System role not supported" in error["message"]
+
+
+def test_full_queue_is_a_503_with_retry_after(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    fake_engine.submit_error = QueueFullError("64 requests are already waiting")
+
+    response = client.post(
+        "/v1/chat/completions", json={"model": MODEL, "messages": [HELLO]}
+    )
+
+    assert response.status_code == 503
+    assert int(response.headers["retry-after"]) >= 1
+    assert _error(503, response.json())["code"] == "queue_full"
+
+
+def test_stopped_engine_is_a_503(client: TestClient, fake_engine: FakeEngine) -> None:
+    fake_engine.submit_error = EngineStoppedError("the engine is shutting down")
+
+    status, body = _post(client)
+
+    assert (status, _error(status, body)["code"]) == (503, "engine_stopped")
+
+
+def test_engine_error_before_the_answer_is_a_500_logged_once(
+    client: TestClient, fake_engine: FakeEngine, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake_engine.error = RuntimeError("sweep exploded")
+
+    with caplog.at_level(logging.ERROR):
+        status, body = _post(client)
+
+    assert (status, _error(status, body)["code"]) == (500, "internal_error")
+    tracebacks = [record for record in caplog.records if record.exc_info]
+    assert len(tracebacks) == 1
+
+
+def test_unknown_route_is_a_404_in_the_openai_shape(client: TestClient) -> None:
+    response = client.get("/v1/nothing-here")
+
+    error = _error(response.status_code, response.json())
+    assert (response.status_code, error["code"]) == (404, "not_found")
+    assert "/v1/nothing-here" in error["message"]
