@@ -141,7 +141,7 @@ class Engine:
             self._running = []
             return
         self.num_sweeps += 1
-        for sequence, row in zip(batch, logits):
+        for sequence, row in zip(batch, logits, strict=True):
             self._advance(sequence, row)
         self._running = [seq for seq in batch if not seq.is_done]
 

@@ -62,7 +62,9 @@ def _open_reader(gguf_path: Path) -> GGUFReader:
     try:
         return GGUFReader(gguf_path)
     except (ValueError, OSError, struct.error) as error:
-        raise ModelFileError(str(gguf_path), f"not a readable GGUF file ({error})")
+        raise ModelFileError(
+            str(gguf_path), f"not a readable GGUF file ({error})"
+        ) from error
 
 
 def _save_config_and_tokenizer(gguf_path: Path, out_dir: Path):
@@ -72,7 +74,7 @@ def _save_config_and_tokenizer(gguf_path: Path, out_dir: Path):
             gguf_path.parent, gguf_file=gguf_path.name
         )
     except ValueError as error:
-        raise UnsupportedModelError(f"{gguf_path}: {error}")
+        raise UnsupportedModelError(f"{gguf_path}: {error}") from error
     config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return config

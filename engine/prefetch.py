@@ -42,6 +42,11 @@ class Prefetcher:
         if order:
             self._thread.start()
 
+    @property
+    def num_ready(self) -> int:
+        """Layers read and waiting for the compute."""
+        return self._ready.qsize()
+
     def next(self, index: int) -> LayerWeights:
         """The weights of layer ``index``; blocks until they are read."""
         while True:

@@ -224,7 +224,8 @@ def _check_layer_keys(layers: nn.ModuleList, checkpoint: Checkpoint) -> None:
     if checkpoint.num_layers != len(layers):
         raise ModelFileError(
             str(checkpoint.folder),
-            f"{checkpoint.num_layers} layers in the checkpoint, {len(layers)} in config.json",
+            f"{checkpoint.num_layers} layers in the checkpoint, "
+            f"{len(layers)} in config.json",
         )
     for index, layer in enumerate(layers):
         expected = set(layer.state_dict())

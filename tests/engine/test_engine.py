@@ -1,0 +1,162 @@
+"""The worker: admission, finishing, cancelling, and surviving failures."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.checkpoint import Checkpoint
+from engine.engine import Engine
+from engine.errors import QueueFullError
+from engine.options import EngineOptions
+from engine.request import (
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+)
+from engine.runner import ModelRunner
+from engine.skeleton import build_skeleton
+from tests.engine.tiny_models import CONFIGS, build_model, save_model
+
+PROMPT = [5, 17, 42, 99, 3]
+TIMEOUT_S = 30
+
+
+def make_engine(folder: Path, tokenizer, **limits: int) -> Engine:
+    config = CONFIGS["llama"]
+    options = EngineOptions(torch.device("cpu"), torch.float32, **limits)
+    runner = ModelRunner(
+        build_skeleton(config),
+        Checkpoint(folder),
+        options.device,
+        options.dtype,
+        options.prefetch_depth,
+    )
+    return Engine("tiny", tokenizer, runner, options, frozenset())
+
+
+@pytest.fixture
+def engine(tmp_path: Path, smollm2_tokenizer) -> Iterator[Engine]:
+    folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
+    engine = make_engine(folder, smollm2_tokenizer, max_batch=4, max_queue=4)
+    yield engine
+    engine.shutdown()
+
+
+def submit(engine: Engine, max_tokens: int = 8, sink=None) -> queue.Queue[Event]:
+    events: queue.Queue[Event] = queue.Queue()
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    engine.submit(GenerationRequest("r", PROMPT, params), sink or events.put)
+    return events
+
+
+def final_event(events: queue.Queue[Event]) -> Event:
+    while isinstance(event := events.get(timeout=TIMEOUT_S), TokenEvent):
+        pass
+    return event
+
+
+def test_cap_ends_with_length(engine: Engine) -> None:
+    event = final_event(submit(engine, max_tokens=5))
+    assert event == FinishEvent("length", len(PROMPT), 5)
+
+
+def test_requests_sharing_sweeps_get_their_solo_answer(engine: Engine) -> None:
+    solo = final_event(submit(engine, max_tokens=12))
+    together = [submit(engine, max_tokens=12) for _ in range(3)]
+    assert [final_event(events) for events in together] == [solo] * 3
+
+
+def test_full_queue_refuses_at_once(tmp_path: Path, smollm2_tokenizer) -> None:
+    folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
+    engine = make_engine(folder, smollm2_tokenizer, max_batch=1, max_queue=1)
+    release = threading.Event()
+    started = threading.Event()
+
+    def blocking_sink(event: Event) -> None:
+        started.set()
+        release.wait(TIMEOUT_S)  # holds the worker inside the first request
+
+    try:
+        submit(engine, sink=blocking_sink)
+        assert started.wait(TIMEOUT_S)
+        submit(engine)
+        with pytest.raises(QueueFullError):
+            submit(engine)
+    finally:
+        release.set()
+        engine.shutdown()
+
+
+def test_cancelled_request_leaves_the_batch(engine: Engine) -> None:
+    events = queue.Queue()
+    params = SamplingParams(max_tokens=10_000, temperature=0.0)
+    handle = engine.submit(GenerationRequest("c", PROMPT, params), events.put)
+    events.get(timeout=TIMEOUT_S)
+    handle.cancel()
+    final_event(submit(engine, max_tokens=2))  # at least one sweep boundary passed
+    assert engine.num_running == 0
+
+
+def test_failed_sweep_fails_its_requests_and_the_worker_goes_on(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_sweep = engine.runner.sweep
+    calls = iter([RuntimeError("device lost")])
+
+    def flaky_sweep(inputs):
+        error = next(calls, None)
+        if error is not None:
+            raise error
+        return real_sweep(inputs)
+
+    monkeypatch.setattr(engine.runner, "sweep", flaky_sweep)
+    failed = final_event(submit(engine))
+    assert isinstance(failed, ErrorEvent) and "device lost" in str(failed.error)
+    assert isinstance(final_event(submit(engine)), FinishEvent)
+
+
+def collect(events: queue.Queue[Event]) -> tuple[str, Event]:
+    pieces = []
+    while isinstance(event := events.get(timeout=TIMEOUT_S), TokenEvent):
+        pieces.append(event.text)
+    return "".join(pieces), event
+
+
+def test_failed_layer_read_leaves_later_answers_intact(
+    engine: Engine, tmp_path: Path, smollm2_tokenizer
+) -> None:
+    expected = collect(submit(engine))
+    folder = save_model(build_model(CONFIGS["llama"]), tmp_path / "flaky")
+    checkpoint = Checkpoint(folder)
+    read_layer, failures = checkpoint.read_layer, [1]
+
+    def flaky_read(index: int, dtype: torch.dtype):
+        if failures and index == failures[0]:
+            failures.pop()
+            raise OSError("disk hiccup")
+        return read_layer(index, dtype)
+
+    checkpoint.read_layer = flaky_read
+    options = EngineOptions(torch.device("cpu"), torch.float32)
+    runner = ModelRunner(
+        build_skeleton(CONFIGS["llama"]),
+        checkpoint,
+        options.device,
+        options.dtype,
+        options.prefetch_depth,
+    )
+    flaky = Engine("tiny", smollm2_tokenizer, runner, options, frozenset())
+    try:
+        assert isinstance(collect(submit(flaky))[1], ErrorEvent)
+        assert collect(submit(flaky)) == expected
+    finally:
+        flaky.shutdown()

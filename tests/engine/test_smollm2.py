@@ -1,0 +1,72 @@
+"""The real default model: its store and its answers equal transformers' own."""
+
+from __future__ import annotations
+
+import queue
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+from engine.checkpoint import SINGLE_FILE
+from engine.loader import open_engine
+from engine.options import EngineOptions
+from engine.request import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from tests.conftest import store_home
+
+QUESTION = "What is the capital of France? Answer in one sentence."
+MAX_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def reference(smollm2_gguf: Path) -> PreTrainedModel:
+    """transformers' own GGUF loader, the whole model in memory, float32."""
+    model = AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
+    )
+    return model.eval()
+
+
+def test_store_holds_the_tensors_transformers_loads(
+    smollm2_dir: Path, reference: PreTrainedModel
+) -> None:
+    expected = reference.state_dict()
+    with safe_open(smollm2_dir / SINGLE_FILE, framework="pt") as stored:
+        assert set(stored.keys()) <= set(expected)
+        for key in stored.keys():
+            assert torch.equal(stored.get_tensor(key), expected[key]), key
+
+
+def test_greedy_chat_answer_matches_transformers(
+    smollm2_dir: Path, smollm2_tokenizer, reference: PreTrainedModel
+) -> None:
+    messages = [{"role": "user", "content": QUESTION}]
+    prompt = smollm2_tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    generated = reference.generate(
+        torch.tensor([prompt]), max_new_tokens=MAX_TOKENS, do_sample=False
+    )[0, len(prompt) :]
+    expected_ids = [
+        t for t in generated.tolist() if t != smollm2_tokenizer.eos_token_id
+    ]
+
+    text, finish = run_engine(prompt)
+    assert text == smollm2_tokenizer.decode(expected_ids, skip_special_tokens=True)
+    assert finish.completion_tokens == len(expected_ids)
+
+
+def run_engine(prompt: list[int]) -> tuple[str, FinishEvent]:
+    options = EngineOptions(torch.device("cpu"), torch.float32, home=store_home())
+    engine = open_engine(None, options)
+    events: queue.Queue = queue.Queue()
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0)
+    engine.submit(GenerationRequest("real", prompt, params), events.put)
+    pieces = []
+    while isinstance(event := events.get(timeout=120), TokenEvent):
+        pieces.append(event.text)
+    engine.shutdown()
+    assert isinstance(event, FinishEvent), event
+    return "".join(pieces), event
