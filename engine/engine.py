@@ -17,7 +17,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.detokenize import TextStream
-from engine.errors import EngineStoppedError, QueueFullError
+from engine.errors import EngineStoppedError, InvalidRequestError, QueueFullError
 from engine.options import EngineOptions
 from engine.request import (
     ErrorEvent,
@@ -75,6 +75,7 @@ class Engine:
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         if self._stopping.is_set():
             raise EngineStoppedError("the engine is shutting down")
+        self._check(request)
         handle = RequestHandle(request.request_id)
         sequence = Sequence(
             request=request,
@@ -90,6 +91,22 @@ class Engine:
                 f"{self.options.max_queue} requests are already waiting"
             ) from None
         return handle
+
+    def _check(self, request: GenerationRequest) -> None:
+        """Refuse here what would otherwise fail a whole sweep of other requests."""
+        prompt, vocab = request.prompt_ids, self.runner.vocab_size
+        if not prompt:
+            raise InvalidRequestError("the prompt is empty", "messages")
+        if len(prompt) >= self.context_length:
+            raise InvalidRequestError(
+                f"the prompt has {len(prompt)} tokens; the context holds "
+                f"{self.context_length}",
+                "messages",
+            )
+        if not all(0 <= token < vocab for token in prompt):
+            raise InvalidRequestError(f"token ids must be in [0, {vocab})", "prompt")
+        if request.params.max_tokens < 1:
+            raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
 
     def shutdown(self) -> None:
         self._stopping.set()

@@ -20,6 +20,14 @@ class UnsupportedModelError(LayerstreamError):
     """The checkpoint is readable but its architecture or format is not served."""
 
 
+class InvalidRequestError(LayerstreamError):
+    """A request the engine cannot run as given; ``param`` names the culprit."""
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class QueueFullError(LayerstreamError):
     """The admission queue is at its limit; the caller should retry later."""
 

@@ -76,6 +76,10 @@ class ModelRunner:
         )
         self.layer_reads = 0
 
+    @property
+    def vocab_size(self) -> int:
+        return self.model.get_input_embeddings().num_embeddings
+
     def new_cache(self) -> DynamicCache:
         return DynamicCache(config=self.config)
 

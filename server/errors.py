@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.errors import EngineStoppedError, QueueFullError
+from engine.errors import EngineStoppedError, InvalidRequestError, QueueFullError
 from server.exceptions import ApiError
 from server.schemas.error import ErrorDetail, ErrorResponse
 
@@ -49,6 +49,8 @@ def failure_of(exc: Exception) -> Failure:
             return Failure(exc.status_code, detail)
         case RequestValidationError():
             return Failure(400, _validation_detail(exc.errors()))
+        case InvalidRequestError():
+            return Failure(400, _invalid_request(str(exc), exc.param))
         case QueueFullError():
             return _busy(f"the server is busy ({exc}); retry later", "queue_full")
         case EngineStoppedError():
@@ -134,7 +136,13 @@ class InternalErrorBoundary:
 
 
 def install_error_boundary(app: FastAPI) -> None:
-    known = (ApiError, RequestValidationError, QueueFullError, EngineStoppedError)
+    known = (
+        ApiError,
+        RequestValidationError,
+        InvalidRequestError,
+        QueueFullError,
+        EngineStoppedError,
+    )
     for exc_type in known:
         app.add_exception_handler(exc_type, _handle_known)
     app.add_exception_handler(HTTPException, _handle_http)

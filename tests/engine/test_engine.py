@@ -12,7 +12,7 @@ import torch
 
 from engine.checkpoint import Checkpoint
 from engine.engine import Engine
-from engine.errors import QueueFullError
+from engine.errors import InvalidRequestError, QueueFullError
 from engine.options import EngineOptions
 from engine.request import (
     ErrorEvent,
@@ -160,3 +160,22 @@ def test_failed_layer_read_leaves_later_answers_intact(
         assert collect(submit(flaky)) == expected
     finally:
         flaky.shutdown()
+
+
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "param"),
+    [
+        ([], 4, "messages"),
+        ([1] * 256, 4, "messages"),
+        ([10_000], 4, "prompt"),
+        ([1, 2], 0, "max_tokens"),
+    ],
+)
+def test_bad_request_is_refused_and_others_go_on(
+    engine: Engine, prompt: list[int], max_tokens: int, param: str
+) -> None:
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
+    with pytest.raises(InvalidRequestError) as caught:
+        engine.submit(GenerationRequest("bad", prompt, params), lambda event: None)
+    assert caught.value.param == param
+    assert isinstance(final_event(submit(engine)), FinishEvent)
