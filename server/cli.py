@@ -101,8 +101,10 @@ def serve(overrides: dict[str, Any]) -> int:
     configure_logging(settings.log_level)
     # Claim the port before the model loads, which can take minutes.
     with claim_port(settings.host, settings.port) as listener:
-        logger.info("settings: %s", settings.model_dump(mode="json"))
         engine = open_engine(settings.model, engine_options(settings))
+        # Logged only once the model opened, so that a start-up failure stays
+        # the one line on stderr that names its cause.
+        logger.info("settings: %s", settings.model_dump(mode="json"))
         try:
             run_server(create_app(settings, engine), listener, settings)
         except KeyboardInterrupt:
