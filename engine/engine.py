@@ -72,6 +72,10 @@ class Engine:
     def num_running(self) -> int:
         return len(self._running)
 
+    @property
+    def is_alive(self) -> bool:
+        return self._worker.is_alive() and not self._stopping.is_set()
+
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         if self._stopping.is_set():
             raise EngineStoppedError("the engine is shutting down")
@@ -117,8 +121,12 @@ class Engine:
         logger.info("worker started")
         with torch.inference_mode():
             while not self._stopping.is_set():
-                if self._admit():
-                    self._step()
+                try:
+                    if self._admit():
+                        self._step()
+                except Exception as error:  # the only worker must outlive a bug
+                    logger.exception("worker iteration failed")
+                    self._fail_running(error)
         self._fail_all(EngineStoppedError("the engine was shut down"))
         logger.info("worker stopped")
 
@@ -153,13 +161,15 @@ class Engine:
             logits = self.runner.sweep(inputs)
         except Exception as error:  # one failed sweep must not end the worker
             logger.exception("sweep failed; failing its %d requests", len(batch))
-            for sequence in batch:
-                self._finish_with_error(sequence, error)
-            self._running = []
+            self._fail_running(error)
             return
         self.num_sweeps += 1
         for sequence, row in zip(batch, logits, strict=True):
-            self._advance(sequence, row)
+            try:
+                self._advance(sequence, row)
+            except Exception as error:  # this request's fault; the others go on
+                logger.exception("request %s failed", sequence.request_id)
+                self._finish_with_error(sequence, error)
         self._running = [seq for seq in batch if not seq.is_done]
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
@@ -217,10 +227,13 @@ class Engine:
             )
             sequence.handle.cancel()
 
-    def _fail_all(self, error: Exception) -> None:
+    def _fail_running(self, error: Exception) -> None:
         for sequence in self._running:
             self._finish_with_error(sequence, error)
         self._running = []
+
+    def _fail_all(self, error: Exception) -> None:
+        self._fail_running(error)
         while (sequence := self._next_waiting(block=False)) is not None:
             self._finish_with_error(sequence, error)
 

@@ -24,7 +24,6 @@ from transformers.modeling_gguf_pytorch_utils import (
     TENSOR_PROCESSORS,
     TensorProcessor,
     get_gguf_hf_weights_map,
-    load_gguf_checkpoint,
 )
 
 from engine.checkpoint import SINGLE_FILE
@@ -49,11 +48,13 @@ def convert_gguf(gguf_path: Path, out_dir: Path) -> None:
     """Write ``out_dir`` as a model folder; ``out_dir`` appears only when complete."""
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
+    logger.info("reading the config and tokenizer of %s", gguf_path.name)
     config = _save_config_and_tokenizer(gguf_path, partial)
 
     reader = _open_reader(gguf_path)
-    plan = _plan(reader, config, gguf_path)
-    _write_safetensors(plan, partial / SINGLE_FILE, _processor(gguf_path, config))
+    processor = _processor(config)
+    plan = _plan(reader, config, processor, gguf_path)
+    _write_safetensors(plan, partial / SINGLE_FILE, processor)
     os.replace(partial, out_dir)
     logger.info("converted %s into %s", gguf_path.name, out_dir)
 
@@ -80,21 +81,21 @@ def _save_config_and_tokenizer(gguf_path: Path, out_dir: Path):
     return config
 
 
-def _processor(gguf_path: Path, config) -> TensorProcessor:
-    # The processors expect the raw config dict parsed from the GGUF metadata.
-    parsed = load_gguf_checkpoint(str(gguf_path), return_tensors=False)["config"]
+def _processor(config) -> TensorProcessor:
+    # The processors read a plain dict of the config (head counts, for one).
     architecture = _architecture(config)
-    return TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=parsed)
+    return TENSOR_PROCESSORS.get(architecture, TensorProcessor)(config=config.to_dict())
 
 
 def _architecture(config) -> str:
     return {"gemma3_text": "gemma3"}.get(config.model_type, config.model_type)
 
 
-def _plan(reader: GGUFReader, config, gguf_path: Path) -> list[PlannedTensor]:
+def _plan(
+    reader: GGUFReader, config, processor: TensorProcessor, gguf_path: Path
+) -> list[PlannedTensor]:
     skeleton: PreTrainedModel = build_skeleton(config)
     shapes = {name: tuple(t.shape) for name, t in skeleton.state_dict().items()}
-    processor = TENSOR_PROCESSORS.get(_architecture(config), TensorProcessor)()
     name_map = get_gguf_hf_weights_map(skeleton, processor)
 
     plan = []

@@ -42,7 +42,7 @@ class TokenEvent:
     """New text for the client; never part of a stop string or of a UTF-8 char."""
 
     text: str
-    token_count: int
+    token_count: int  # tokens generated so far by the request, this one included
 
 
 @dataclass(frozen=True)

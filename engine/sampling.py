@@ -12,6 +12,10 @@ import torch
 
 from engine.request import SamplingParams
 
+# Below this a float32 softmax is argmax in all but name, and dividing by a
+# temperature that float32 rounds to zero would give NaN; such requests are greedy.
+MIN_TEMPERATURE = 1e-5
+
 
 def make_generator(seed: int | None) -> torch.Generator:
     """A CPU generator for one request: seeded when asked, else from OS entropy."""
@@ -29,7 +33,7 @@ def sample_next(
     logits: torch.Tensor, params: SamplingParams, generator: torch.Generator | None
 ) -> int:
     """The next token id from ``logits`` ([vocab], any device, any float dtype)."""
-    if params.is_greedy:
+    if params.temperature < MIN_TEMPERATURE:
         return greedy(logits)
     probs = probs_from_logits(logits.detach().to("cpu"), params.temperature)
     probs = top_p_filter(probs, params.top_p)
@@ -44,8 +48,11 @@ def greedy(logits: torch.Tensor) -> int:
 
 def probs_from_logits(logits: torch.Tensor, temperature: float) -> torch.Tensor:
     # Float32 throughout: half-precision softmax loses the tail the nucleus
-    # cut and the draw depend on.
-    return torch.softmax(logits.float() / temperature, dim=-1)  # [vocab]
+    # cut and the draw depend on. Shifting by the maximum first keeps a tiny
+    # temperature from overflowing to inf (and the softmax to NaN): the top
+    # logit becomes 0 and the others go to -inf, i.e. greedy.
+    shifted = logits.float() - logits.float().max()
+    return torch.softmax(shifted / temperature, dim=-1)  # [vocab]
 
 
 def top_p_filter(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -96,8 +96,9 @@ async def collect(
     parts: list[str] = []
     async for event in stream.events():
         match event:
-            case TokenEvent(text=text):
+            case TokenEvent(text=text, token_count=count):
                 parts.append(text)
+                record.completion_tokens = count
             case FinishEvent():
                 note_finish(record, event)
                 return "".join(parts), event
@@ -129,7 +130,8 @@ def _events_for(
     record: RequestRecord,
 ) -> list[SseEvent]:
     match event:
-        case TokenEvent(text=text):
+        case TokenEvent(text=text, token_count=count):
+            record.completion_tokens = count  # kept current for a cancelled log
             return [writer.choice(Delta(content=text))] if text else []
         case FinishEvent():
             note_finish(record, event)

@@ -4,14 +4,39 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationInfo,
+    field_validator,
+)
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+# torch seeds are 64-bit; OpenAI documents no range, so the signed one is taken.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+
+
+def _encodable(text: str) -> str:
+    # JSON may carry lone UTF-16 surrogates ("\ud83c"); no tokenizer can encode
+    # them, so they are refused here rather than failing deep in the template.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"text is not valid Unicode ({error.reason})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: str
+    text: Text
 
 
 class Message(BaseModel):
@@ -49,7 +74,7 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-StopList = Annotated[list[str], Field(max_length=4)]
+StopList = Annotated[list[Text], Field(max_length=4)]
 
 
 class ChatCompletionRequest(BaseModel):
@@ -59,15 +84,16 @@ class ChatCompletionRequest(BaseModel):
 
     model: str
     messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    # Strict: OpenAI refuses "3" or true for a count, and so does this server.
+    max_tokens: StrictInt | None = Field(default=None, ge=1)
+    max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: int | None = None
+    seed: StrictInt | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: StopList | None = None
-    stream: bool | None = None
+    stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1)
+    n: StrictInt = Field(default=1, ge=1)
 
     @field_validator("stop", mode="before")
     @classmethod

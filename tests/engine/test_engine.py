@@ -179,3 +179,22 @@ def test_bad_request_is_refused_and_others_go_on(
         engine.submit(GenerationRequest("bad", prompt, params), lambda event: None)
     assert caught.value.param == param
     assert isinstance(final_event(submit(engine)), FinishEvent)
+
+
+def test_failing_request_does_not_stop_the_others(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import engine.engine as worker
+
+    real_sample = worker.sample_next
+
+    def sample_or_fail(logits, params, generator):
+        if params.max_tokens == 7:
+            raise RuntimeError("bad sampling state")
+        return real_sample(logits, params, generator)
+
+    monkeypatch.setattr(worker, "sample_next", sample_or_fail)
+    doomed, healthy = submit(engine, max_tokens=7), submit(engine, max_tokens=6)
+    assert isinstance(final_event(doomed), ErrorEvent)
+    assert final_event(healthy) == FinishEvent("length", len(PROMPT), 6)
+    assert engine.is_alive

@@ -88,3 +88,9 @@ def test_half_precision_logits_are_accepted():
     logits = spread_logits().to(torch.bfloat16)
     params = SamplingParams(max_tokens=1, temperature=0.7, top_p=0.9, seed=7)
     assert 0 <= sample_next(logits, params, make_generator(7)) < logits.numel()
+
+
+def test_vanishing_temperature_acts_as_greedy():
+    logits = spread_logits() * 50
+    params = SamplingParams(max_tokens=1, temperature=1e-300, seed=3)
+    assert set(draw_many(logits, params, 20)) == {int(torch.argmax(logits))}

@@ -31,6 +31,7 @@ class FakeEngine:
 
     model_id = "smollm2-135m-instruct"
     created = 1_700_000_000
+    is_alive = True
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer

@@ -186,3 +186,40 @@ def test_unknown_route_is_a_404_in_the_openai_shape(client: TestClient) -> None:
     error = _error(response.status_code, response.json())
     assert (response.status_code, error["code"]) == (404, "not_found")
     assert "/v1/nothing-here" in error["message"]
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"seed": 2**64}, "seed"),
+        ({"max_tokens": "3"}, "max_tokens"),
+        ({"max_tokens": True}, "max_tokens"),
+        ({"stream": "yes"}, "stream"),
+    ],
+)
+def test_value_openai_refuses_is_a_400_naming_it(
+    client: TestClient, fields: dict[str, Any], param: str
+) -> None:
+    status, body = _post(client, **fields)
+    assert status == 400
+    assert _error(status, body)["param"].startswith(param)
+
+
+def test_health_fails_when_the_worker_is_gone(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    assert client.head("/health").status_code == 200
+    fake_engine.is_alive = False
+    assert client.get("/health").status_code == 503
+
+
+def test_lone_surrogate_in_content_is_a_400(client: TestClient) -> None:
+    # Only raw JSON can carry it: "\\ud83c" escapes half of a surrogate pair.
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "a\\ud83c"}]}'
+    response = client.post(
+        "/v1/chat/completions",
+        content=body % MODEL.encode(),
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    assert _error(400, response.json())["param"].startswith("messages.0.content")
