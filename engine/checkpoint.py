@@ -1,8 +1,10 @@
 """Index a safetensors checkpoint by decoder layer and read it in place.
 
-The checkpoint is never copied: tensors are read straight from the original
-files (one ``model.safetensors``, or shards listed by
-``model.safetensors.index.json``), one layer at a time.
+The checkpoint is never copied on disk: tensors are read straight from the
+original files (one ``model.safetensors``, or shards listed by
+``model.safetensors.index.json``). Streamed layers are zero-copy views of the
+mapped files; resident parts are copied once into the process's own memory so
+that the kernel cannot evict them.
 """
 
 from __future__ import annotations
@@ -10,13 +12,14 @@ from __future__ import annotations
 import json
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError, safe_open
 
 from engine.errors import ModelFileError
+from engine.mapped import MappedSafetensors
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +35,16 @@ class TensorEntry:
     file: Path
     key: str
     numel: int
+    nbytes: int  # as stored on disk
+
+
+@dataclass
+class LayerRead:
+    """One streamed layer's tensors; ``release`` gives their pages back."""
+
+    tensors: dict[str, torch.Tensor]
+    nbytes: int
+    release: Callable[[], None]
 
 
 class Checkpoint:
@@ -39,13 +52,13 @@ class Checkpoint:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._handles = {path: _open(path) for path in _shard_files(folder)}
+        self._files = {path: MappedSafetensors(path) for path in _shard_files(folder)}
         self.resident: dict[str, TensorEntry] = {}
         self.layers: dict[int, dict[str, TensorEntry]] = {}
-        self.layer_prefix = ""
-        for path, handle in self._handles.items():
-            for key in handle.keys():
-                self._place(TensorEntry(path, key, _numel(handle, key)))
+        for path, mapped in self._files.items():
+            for key, info in mapped.tensors.items():
+                nbytes = info.end - info.start
+                self._place(TensorEntry(path, key, info.numel, nbytes))
 
     @property
     def num_layers(self) -> int:
@@ -54,40 +67,65 @@ class Checkpoint:
     def layer_numel(self, index: int) -> int:
         return sum(entry.numel for entry in self.layers[index].values())
 
+    def layer_nbytes(self, index: int) -> int:
+        return sum(entry.nbytes for entry in self.layers[index].values())
+
     @property
     def resident_numel(self) -> int:
         return sum(entry.numel for entry in self.resident.values())
 
     def read_resident(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        return {key: self._read(entry, dtype) for key, entry in self.resident.items()}
+        return {key: _owned(self._view(e), dtype) for key, e in self.resident.items()}
 
-    def read_layer(self, index: int, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        """One decoder layer's tensors, keyed relative to the layer module."""
+    def read_layer_owned(
+        self, index: int, dtype: torch.dtype
+    ) -> dict[str, torch.Tensor]:
+        """A layer copied into process memory, to keep resident."""
         entries = self.layers[index].items()
-        return {key: self._read(entry, dtype) for key, entry in entries}
+        return {key: _owned(self._view(entry), dtype) for key, entry in entries}
+
+    def read_layer(self, index: int, dtype: torch.dtype) -> LayerRead:
+        """A streamed layer: its pages mapped in now, views keyed as in the layer."""
+        entries = self.layers[index]
+        by_file: dict[Path, list[str]] = {}
+        for entry in entries.values():
+            by_file.setdefault(entry.file, []).append(entry.key)
+        for path, keys in by_file.items():
+            self._files[path].populate(keys)
+        tensors = {
+            key: _typed(self._view(entry), dtype) for key, entry in entries.items()
+        }
+        nbytes = sum(entry.nbytes for entry in entries.values())
+        return LayerRead(tensors, nbytes, lambda: self._release(by_file))
+
+    def _release(self, by_file: dict[Path, list[str]]) -> None:
+        for path, keys in by_file.items():
+            self._files[path].release(keys)
+
+    def _view(self, entry: TensorEntry) -> torch.Tensor:
+        return self._files[entry.file].tensor(entry.key)
 
     def _place(self, entry: TensorEntry) -> None:
         match = _LAYER_KEY.match(entry.key)
         if match is None:
             self.resident[entry.key] = entry
             return
-        self.layer_prefix = match["stack"]
         layer = self.layers.setdefault(int(match["index"]), {})
         layer[match["rest"]] = entry
-
-    def _read(self, entry: TensorEntry, dtype: torch.dtype) -> torch.Tensor:
-        try:
-            tensor = self._handles[entry.file].get_tensor(entry.key)
-        except SafetensorError as error:
-            raise ModelFileError(
-                str(entry.file), f"cannot read {entry.key}: {error}"
-            ) from error
-        # Integer or boolean buffers keep their type; only weights take the dtype.
-        return tensor.to(dtype) if tensor.is_floating_point() else tensor
 
 
 def has_checkpoint(folder: Path) -> bool:
     return (folder / SINGLE_FILE).is_file() or (folder / INDEX_FILE).is_file()
+
+
+def _typed(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    # Integer or boolean buffers keep their type; only weights take the dtype.
+    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+
+
+def _owned(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    typed = _typed(tensor, dtype)
+    return typed.clone() if typed.data_ptr() == tensor.data_ptr() else typed
 
 
 def _shard_files(folder: Path) -> list[Path]:
@@ -103,30 +141,11 @@ def _shard_files(folder: Path) -> list[Path]:
 def _shards_from_index(index: Path) -> list[Path]:
     try:
         weight_map = json.loads(index.read_text())["weight_map"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        names = sorted(set(weight_map.values()))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as error:
         raise ModelFileError(str(index), f"not a valid index file ({error})") from error
-    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
+    shards = [index.parent / name for name in names]
     for shard in shards:
         if not shard.is_file():
             raise ModelFileError(str(shard), "listed in the index but missing")
     return shards
-
-
-def _open(path: Path):  # -> safetensors.safe_open handle (untyped in the library)
-    try:
-        return safe_open(str(path), framework="pt", device="cpu")
-    except (SafetensorError, OSError) as error:
-        reason = "file is truncated or corrupt" if _looks_truncated(error) else error
-        raise ModelFileError(str(path), f"{reason}") from error
-
-
-def _looks_truncated(error: Exception) -> bool:
-    text = str(error)
-    return any(sign in text for sign in ("ncomplete", "too small", "not fully covered"))
-
-
-def _numel(handle, key: str) -> int:
-    count = 1
-    for size in handle.get_slice(key).get_shape():
-        count *= size
-    return count

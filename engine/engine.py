@@ -1,15 +1,14 @@
 """The engine: a bounded admission queue and one worker thread that sweeps.
 
 Every torch call happens on the worker thread. Callers hand in a request and a
-sink; the worker feeds the sink with events. Between sweeps the worker admits
-waiting requests (up to ``max_batch`` running), drops cancelled ones, and
-retires finished ones, so requests join and leave at sweep boundaries.
+sink; the worker feeds the sink with events. Between sweeps the scheduler
+admits waiting requests, drops cancelled ones and retires finished ones, so
+requests join and leave at sweep boundaries.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 
@@ -17,7 +16,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.detokenize import TextStream
-from engine.errors import EngineStoppedError, InvalidRequestError, QueueFullError
+from engine.errors import EngineStoppedError, InvalidRequestError
 from engine.options import EngineOptions
 from engine.request import (
     ErrorEvent,
@@ -32,11 +31,11 @@ from engine.request import (
 )
 from engine.runner import ModelRunner, SweepInput
 from engine.sampling import make_generator, sample_next
+from engine.scheduler import Scheduler, Slot
 from engine.sequence import Sequence
+from engine.stats import EngineTotals
 
 logger = logging.getLogger(__name__)
-
-_IDLE_POLL_S = 0.1
 
 
 class Engine:
@@ -47,6 +46,7 @@ class Engine:
         runner: ModelRunner,
         options: EngineOptions,
         stop_token_ids: frozenset[int],
+        kv_tokens: int | None = None,
     ) -> None:
         self.model_id = model_id
         self.tokenizer = tokenizer
@@ -54,10 +54,16 @@ class Engine:
         self.options = options
         self.context_length = _context_length(runner.model.config)
         self.created = int(time.time())
-        self.num_sweeps = 0
+        self.totals = EngineTotals()
+        self.plan: dict[str, object] = {}  # the residency plan, for the API
         self._stop_token_ids = stop_token_ids
-        self._waiting: queue.Queue[Sequence] = queue.Queue(maxsize=options.max_queue)
-        self._running: list[Sequence] = []
+        self._scheduler = Scheduler(
+            options.max_batch,
+            options.max_queue,
+            options.max_sweep_tokens,
+            kv_tokens or options.max_batch * self.context_length,
+            runner.new_cache,
+        )
         self._stopping = threading.Event()
         self._worker = threading.Thread(
             target=self._loop, name="layerstream-worker", daemon=True
@@ -65,12 +71,16 @@ class Engine:
         self._worker.start()
 
     @property
+    def num_sweeps(self) -> int:
+        return self.totals.sweeps
+
+    @property
     def num_waiting(self) -> int:
-        return self._waiting.qsize()
+        return self._scheduler.num_waiting
 
     @property
     def num_running(self) -> int:
-        return len(self._running)
+        return len(self._scheduler.running)
 
     @property
     def is_alive(self) -> bool:
@@ -88,23 +98,23 @@ class Engine:
             text=TextStream(self.tokenizer, request.params.stop),
             generator=make_generator(request.params.seed),
         )
-        try:
-            self._waiting.put_nowait(sequence)
-        except queue.Full:
-            raise QueueFullError(
-                f"{self.options.max_queue} requests are already waiting"
-            ) from None
+        self._scheduler.add(sequence)
         return handle
+
+    def shutdown(self) -> None:
+        self._stopping.set()
+        self._worker.join()
+        self.runner.close()
 
     def _check(self, request: GenerationRequest) -> None:
         """Refuse here what would otherwise fail a whole sweep of other requests."""
         prompt, vocab = request.prompt_ids, self.runner.vocab_size
         if not prompt:
             raise InvalidRequestError("the prompt is empty", "messages")
-        if len(prompt) >= self.context_length:
+        if len(prompt) >= self._token_limit:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt)} tokens; the context holds "
-                f"{self.context_length}",
+                f"{self._token_limit}",
                 "messages",
             )
         if not all(0 <= token < vocab for token in prompt):
@@ -112,65 +122,56 @@ class Engine:
         if request.params.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
 
-    def shutdown(self) -> None:
-        self._stopping.set()
-        self._worker.join()
-        self.runner.close()
+    @property
+    def _token_limit(self) -> int:
+        """Longest sequence: the model's context, or the KV budget if smaller."""
+        return min(self.context_length, self._scheduler.kv_tokens)
 
     def _loop(self) -> None:
         logger.info("worker started")
         with torch.inference_mode():
             while not self._stopping.is_set():
                 try:
-                    if self._admit():
+                    self._scheduler.admit(self._retire_if_cancelled)
+                    if self._scheduler.running:
                         self._step()
                 except Exception as error:  # the only worker must outlive a bug
                     logger.exception("worker iteration failed")
-                    self._fail_running(error)
-        self._fail_all(EngineStoppedError("the engine was shut down"))
+                    self._fail(self._scheduler.running, error)
+                    self._scheduler.running = []
+        self._fail(self._scheduler.drain(), EngineStoppedError("the engine stopped"))
         logger.info("worker stopped")
 
-    def _admit(self) -> bool:
-        """Move waiting requests into the batch; False when there is nothing to run."""
-        self._running = [
-            seq for seq in self._running if not self._retire_if_cancelled(seq)
-        ]
-        while len(self._running) < self.options.max_batch:
-            sequence = self._next_waiting(block=not self._running)
-            if sequence is None:
-                break
-            if not self._retire_if_cancelled(sequence):
-                sequence.start(self.runner.new_cache())
-                self._running.append(sequence)
-        return bool(self._running)
-
-    def _next_waiting(self, block: bool) -> Sequence | None:
-        try:
-            return (
-                self._waiting.get(timeout=_IDLE_POLL_S)
-                if block
-                else self._waiting.get_nowait()
-            )
-        except queue.Empty:
-            return None
-
     def _step(self) -> None:
-        batch = self._running
-        inputs = [SweepInput(seq.pending_ids, seq.cache) for seq in batch]
+        slots = self._scheduler.plan()
+        inputs = [
+            SweepInput(slot.token_ids, slot.sequence.cache, slot.wants_logits)
+            for slot in slots
+        ]
         try:
             logits = self.runner.sweep(inputs)
         except Exception as error:  # one failed sweep must not end the worker
-            logger.exception("sweep failed; failing its %d requests", len(batch))
-            self._fail_running(error)
+            logger.exception("sweep failed; failing its %d requests", len(slots))
+            self._fail([slot.sequence for slot in slots], error)
+            self._scheduler.running = [
+                s for s in self._scheduler.running if not s.is_done
+            ]
             return
-        self.num_sweeps += 1
-        for sequence, row in zip(batch, logits, strict=True):
-            try:
-                self._advance(sequence, row)
-            except Exception as error:  # this request's fault; the others go on
-                logger.exception("request %s failed", sequence.request_id)
-                self._finish_with_error(sequence, error)
-        self._running = [seq for seq in batch if not seq.is_done]
+        self.totals.add(self.runner.last_sweep)
+        for slot, row in zip(slots, logits, strict=True):
+            self._after_sweep(slot, row)
+        self._scheduler.running = [s for s in self._scheduler.running if not s.is_done]
+
+    def _after_sweep(self, slot: Slot, logits: torch.Tensor | None) -> None:
+        sequence = slot.sequence
+        sequence.consumed(slot.count)
+        if logits is None:
+            return
+        try:
+            self._advance(sequence, logits)
+        except Exception as error:  # this request's fault; the others go on
+            logger.exception("request %s failed", sequence.request_id)
+            self._fail([sequence], error)
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
         token = sample_next(logits, sequence.request.params, sequence.generator)
@@ -188,23 +189,23 @@ class Engine:
             self._finish(sequence, "length")
 
     def _at_limit(self, sequence: Sequence) -> bool:
-        total = sequence.num_prompt_tokens + sequence.num_output_tokens
         at_cap = sequence.num_output_tokens >= sequence.request.params.max_tokens
-        return at_cap or total >= self.context_length
+        return at_cap or sequence.num_tokens >= self._token_limit
 
     def _finish(self, sequence: Sequence, reason: FinishReason) -> None:
         self._emit(sequence, sequence.text.flush())
         sequence.state = RequestState.FINISHED
         sequence.release()
-        self._send(
-            sequence,
-            FinishEvent(reason, sequence.num_prompt_tokens, sequence.num_output_tokens),
+        finish = FinishEvent(
+            reason, sequence.num_prompt_tokens, sequence.num_output_tokens
         )
+        self._send(sequence, finish)
 
-    def _finish_with_error(self, sequence: Sequence, error: Exception) -> None:
-        sequence.state = RequestState.FAILED
-        sequence.release()
-        self._send(sequence, ErrorEvent(error))
+    def _fail(self, sequences: list[Sequence], error: Exception) -> None:
+        for sequence in sequences:
+            sequence.state = RequestState.FAILED
+            sequence.release()
+            self._send(sequence, ErrorEvent(error))
 
     def _retire_if_cancelled(self, sequence: Sequence) -> bool:
         if not sequence.handle.cancelled:
@@ -222,20 +223,8 @@ class Engine:
         try:
             sequence.sink(event)
         except Exception:  # a caller that went away is treated as a cancel
-            logger.debug(
-                "sink of %s failed; cancelling", sequence.request_id, exc_info=True
-            )
+            logger.debug("sink of %s failed; cancelling", sequence.request_id)
             sequence.handle.cancel()
-
-    def _fail_running(self, error: Exception) -> None:
-        for sequence in self._running:
-            self._finish_with_error(sequence, error)
-        self._running = []
-
-    def _fail_all(self, error: Exception) -> None:
-        self._fail_running(error)
-        while (sequence := self._next_waiting(block=False)) is not None:
-            self._finish_with_error(sequence, error)
 
 
 def _context_length(config) -> int:

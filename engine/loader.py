@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 import transformers
 from packaging.version import Version
 from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
@@ -19,6 +20,7 @@ from engine.checkpoint import Checkpoint, has_checkpoint
 from engine.engine import Engine
 from engine.errors import ModelFileError, UnsupportedModelError
 from engine.options import EngineOptions
+from engine.residency import ResidencyPlan, plan_residency
 from engine.runner import ModelRunner
 from engine.skeleton import build_skeleton
 from engine.store import DEFAULT_MODEL_ID, model_id_for, pull_default_model, stored_gguf
@@ -43,16 +45,49 @@ def open_engine(model: str | None, options: EngineOptions) -> Engine:
     config = _load_config(folder.path)
     tokenizer = _load_tokenizer(folder.path)
     checkpoint = Checkpoint(folder.path)
+    kv_per_token = kv_bytes_per_token(config, options.dtype)
+    plan = _plan(checkpoint, options, kv_per_token)
     runner = ModelRunner(
         build_skeleton(config),
         checkpoint,
         options.device,
         options.dtype,
         options.prefetch_depth,
+        plan.resident_layers,
     )
-    _log_plan(folder, checkpoint, options)
+    _log_plan(folder, plan, options)
     stops = _stop_token_ids(config, tokenizer, folder.path)
-    return Engine(folder.model_id, tokenizer, runner, options, stops)
+    kv_tokens = plan.kv_bytes // kv_per_token if plan.kv_bytes else None
+    engine = Engine(folder.model_id, tokenizer, runner, options, stops, kv_tokens)
+    engine.plan = plan.describe()
+    return engine
+
+
+def kv_bytes_per_token(config: PretrainedConfig, dtype: torch.dtype) -> int:
+    """Keys and values of one token in every layer."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
+
+
+def _plan(
+    checkpoint: Checkpoint, options: EngineOptions, kv_per_token: int
+) -> ResidencyPlan:
+    itemsize = options.dtype.itemsize
+    kv = options.kv_memory
+    if kv is None and options.max_memory is not None:
+        kv = options.max_memory // 4
+    layers = [
+        checkpoint.layer_numel(i) * itemsize for i in range(checkpoint.num_layers)
+    ]
+    return plan_residency(
+        options.max_memory,
+        checkpoint.resident_numel * itemsize,
+        layers,
+        kv or 0,
+        options.prefetch_depth + 1,
+    )
 
 
 def check_transformers() -> None:
@@ -126,24 +161,18 @@ def _generation_eos(folder: Path) -> int | list[int] | None:
     return json.loads(path.read_text()).get("eos_token_id")
 
 
-def _log_plan(
-    folder: ModelFolder, checkpoint: Checkpoint, options: EngineOptions
-) -> None:
-    itemsize = options.dtype.itemsize
-    streamed = sum(checkpoint.layer_numel(i) for i in range(checkpoint.num_layers))
+def _log_plan(folder: ModelFolder, plan: ResidencyPlan, options: EngineOptions) -> None:
     logger.info(
-        "model %s from %s on %s as %s: resident %s (embeddings, norm, head), "
-        "streamed %s in %d layers, prefetch depth %d",
-        folder.model_id,
-        folder.path,
-        options.device,
-        options.dtype,
-        _bytes(checkpoint.resident_numel * itemsize),
-        _bytes(streamed * itemsize),
-        checkpoint.num_layers,
-        options.prefetch_depth,
-    )
+        "model %s from %s on %s as %s: resident %s (embeddings, norm, head and "
+        "%d of %d layers), streamed %s per sweep in %d layers, KV cache %s, "
+        "budget %s",
+        folder.model_id, folder.path, options.device, options.dtype,
+        _bytes(plan.resident_bytes), len(plan.resident_layers),
+        len(plan.layer_bytes), _bytes(plan.streamed_bytes_per_sweep),
+        len(plan.streamed_layers), _bytes(plan.kv_bytes),
+        "none" if plan.budget is None else _bytes(plan.budget),
+    )  # fmt: skip
 
 
 def _bytes(count: int) -> str:
-    return f"{count / 1e6:.1f} MB ({count} bytes)"
+    return f"{count / 1e6:.1f} MB"

@@ -15,4 +15,7 @@ class EngineOptions:
     max_batch: int = 8
     max_queue: int = 64
     prefetch_depth: int = 2
+    max_sweep_tokens: int = 512  # packed tokens per sweep; prompts are chunked to fit
+    max_memory: int | None = None  # bytes for weights and KV cache; None: no limit
+    kv_memory: int | None = None  # bytes of KV cache; None: a quarter of max_memory
     home: Path = Path("~/.cache/layerstream").expanduser()

@@ -1,7 +1,7 @@
 """Background reading of streamed layers, in the order a sweep needs them.
 
-A sweep visits the layers in a fixed cycle, so the reader simply walks that
-cycle ahead of the compute, at most ``depth`` layers ahead. Reading and
+A sweep visits the streamed layers in a fixed cycle, so the reader simply walks
+that cycle ahead of the compute, at most ``depth`` layers ahead. Reading and
 computing therefore overlap, and the memory held by streamed weights is bounded
 by ``depth + 2`` layers (queued, being read, being computed).
 """
@@ -14,23 +14,21 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import torch
+from engine.checkpoint import LayerRead
 
 logger = logging.getLogger(__name__)
-
-LayerWeights = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
 class _Fetched:
     index: int
-    weights: LayerWeights | None
+    layer: LayerRead | None
     error: Exception | None = None
 
 
 class Prefetcher:
     def __init__(
-        self, read: Callable[[int], LayerWeights], order: list[int], depth: int
+        self, read: Callable[[int], LayerRead], order: list[int], depth: int
     ) -> None:
         self._read = read
         self._order = order
@@ -47,17 +45,19 @@ class Prefetcher:
         """Layers read and waiting for the compute."""
         return self._ready.qsize()
 
-    def next(self, index: int) -> LayerWeights:
-        """The weights of layer ``index``; blocks until they are read."""
+    def next(self, index: int) -> LayerRead:
+        """Layer ``index``, once read; blocks until then."""
         while True:
             fetched = self._ready.get()
             # After a failed sweep the reader may be ahead of the compute: layers
             # of the abandoned sweep are skipped until the cycle comes round.
-            if fetched.index != index:
-                continue
-            if fetched.error is not None:
-                raise fetched.error
-            return fetched.weights
+            if fetched.index == index:
+                break
+            if fetched.layer is not None:
+                fetched.layer.release()
+        if fetched.error is not None:
+            raise fetched.error
+        return fetched.layer
 
     def close(self) -> None:
         self._closed.set()

@@ -1,30 +1,34 @@
 """Runs the model one sweep at a time: embed, every layer, norm, head.
 
 The engine does not call the model's own ``forward``: it walks the decoder
-layers itself so that each layer's weights are fetched once per sweep and then
-applied to every sequence in the sweep. Within a layer each sequence runs
-through transformers' own layer module with its own cache, mask and rotary
-embedding, which keeps the numbers equal to transformers' numbers.
+layers itself, so that each layer's weights are fetched once per sweep and
+applied to every sequence of the sweep at once (see ``engine.packing``). It
+uses transformers' own layer modules, rotary embedding and mask helpers, which
+keeps its numbers equal to transformers' numbers.
 """
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
 from transformers.masking_utils import (
     create_causal_mask,
     create_sliding_window_causal_mask,
 )
 
-from engine.checkpoint import Checkpoint
+from engine.checkpoint import Checkpoint, LayerRead
 from engine.errors import ModelFileError
-from engine.prefetch import LayerWeights, Prefetcher
+from engine.packing import PACKED_ATTENTION, Pack, PackedCache
+from engine.prefetch import Prefetcher
 from engine.skeleton import decoder_layers
+from engine.stats import SweepStats
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +36,7 @@ _MASK_BUILDERS = {
     "full_attention": create_causal_mask,
     "sliding_attention": create_sliding_window_causal_mask,
 }
+Weights = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -40,15 +45,15 @@ class SweepInput:
 
     token_ids: list[int]
     cache: DynamicCache
+    wants_logits: bool = True  # False for a prompt chunk that is not the last
 
 
 @dataclass
-class _Prepared:
-    hidden: torch.Tensor  # [1, new_tokens, hidden]
-    position_ids: torch.Tensor  # [1, new_tokens]
-    masks: dict[str, torch.Tensor | None]
+class _Batch:
+    hidden: torch.Tensor  # [1, tokens, hidden], all sequences side by side
+    positions: torch.Tensor  # [1, tokens]
     rotary: dict[str, tuple[torch.Tensor, torch.Tensor]]
-    cache: DynamicCache
+    pack: Pack
 
 
 class ModelRunner:
@@ -59,6 +64,7 @@ class ModelRunner:
         device: torch.device,
         dtype: torch.dtype,
         prefetch_depth: int,
+        resident_layers: frozenset[int] = frozenset(),
     ) -> None:
         self.model = skeleton
         self.config = skeleton.config
@@ -66,15 +72,17 @@ class ModelRunner:
         self.dtype = dtype
         self.layers = decoder_layers(skeleton)
         self.layer_types = _layer_types(self.config, len(self.layers))
+        self.resident_layers = resident_layers
         self._checkpoint = checkpoint
         self._rotary_takes_type = _rotary_takes_layer_type(skeleton)
+        self._mask_config = _use_packed_attention(self.config)
 
         _check_layer_keys(self.layers, checkpoint)
         self._load_resident(checkpoint)
-        self.prefetcher = Prefetcher(
-            self._read_layer, list(range(len(self.layers))), prefetch_depth
-        )
+        streamed = [i for i in range(len(self.layers)) if i not in resident_layers]
+        self.prefetcher = Prefetcher(self._read_layer, streamed, prefetch_depth)
         self.layer_reads = 0
+        self.last_sweep = SweepStats()
 
     @property
     def vocab_size(self) -> int:
@@ -84,58 +92,92 @@ class ModelRunner:
         return DynamicCache(config=self.config)
 
     @torch.inference_mode()
-    def sweep(self, inputs: list[SweepInput]) -> list[torch.Tensor]:
-        """Advance every sequence by its new tokens; the last position's logits."""
-        prepared = [self._prepare(item) for item in inputs]
+    def sweep(self, inputs: list[SweepInput]) -> list[torch.Tensor | None]:
+        """Advance every sequence by its new tokens; last-position logits per input."""
+        stats = SweepStats(len(inputs), sum(len(item.token_ids) for item in inputs))
+        batch = self._pack(inputs)
         for index, layer in enumerate(self.layers):
-            self._run_layer(index, layer, prepared)
-        return [self._logits(item.hidden[:, -1:, :]) for item in prepared]
+            self._run_layer(index, layer, batch, stats)
+        logits = self._logits(batch, inputs)
+        self.last_sweep = stats
+        return logits
 
     def close(self) -> None:
         self.prefetcher.close()
 
-    def _run_layer(self, index: int, layer: nn.Module, batch: list[_Prepared]) -> None:
-        weights = self.prefetcher.next(index)
+    def _run_layer(
+        self, index: int, layer: nn.Module, batch: _Batch, stats: SweepStats
+    ) -> None:
+        if index in self.resident_layers:
+            started = time.perf_counter()
+            self._forward(index, layer, batch)
+            stats.compute_s += time.perf_counter() - started
+            return
+
+        waited = time.perf_counter()
+        read = self.prefetcher.next(index)
+        started = time.perf_counter()
+        stats.wait_s += started - waited
+        stats.layers_streamed += 1
+        stats.bytes_streamed += read.nbytes
         self.layer_reads += 1
-        layer.load_state_dict(
-            _to_device(weights, self.device), strict=True, assign=True
-        )
         try:
-            kind = self.layer_types[index]
-            for item in batch:
-                item.hidden = layer(
-                    item.hidden,
-                    attention_mask=item.masks[kind],
-                    position_embeddings=item.rotary[kind],
-                    position_ids=item.position_ids,
-                    cache=item.cache,
-                )
+            layer.load_state_dict(
+                self._on_device(read.tensors), strict=True, assign=True
+            )
+            self._forward(index, layer, batch)
         finally:
-            # Back to meta: the layer's weights are freed as soon as the sweep
-            # moves on, so only the prefetcher's few layers stay in memory.
+            # Back to meta, and the pages back to the kernel: only the layers in
+            # flight stay in the process, whatever the model's depth.
             layer.to("meta")
+            read.release()
+        stats.compute_s += time.perf_counter() - started
 
-    def _prepare(self, item: SweepInput) -> _Prepared:
-        ids = torch.tensor([item.token_ids], device=self.device)
-        hidden = self.model.get_input_embeddings()(ids)
-        past = item.cache.get_seq_length()
-        positions = torch.arange(past, past + ids.shape[1], device=self.device)
-        positions = positions.unsqueeze(0)
-        kinds = set(self.layer_types)
-        masks = {
-            kind: self._mask(kind, hidden, item.cache, positions) for kind in kinds
-        }
-        rotary = {kind: self._rotary(kind, hidden, positions) for kind in kinds}
-        return _Prepared(hidden, positions, masks, rotary, item.cache)
-
-    def _mask(self, kind: str, hidden, cache, positions) -> torch.Tensor | None:
-        return _MASK_BUILDERS[kind](
-            config=self.config,
-            inputs_embeds=hidden,
-            attention_mask=None,
-            cache=cache,
-            position_ids=positions,
+    def _forward(self, index: int, layer: nn.Module, batch: _Batch) -> None:
+        kind = self.layer_types[index]
+        batch.hidden = layer(
+            batch.hidden,
+            attention_mask=None,  # each sequence's own mask travels in the pack
+            position_embeddings=batch.rotary[kind],
+            position_ids=batch.positions,
+            cache=PackedCache(batch.pack),
+            pack=batch.pack,
         )
+
+    def _pack(self, inputs: list[SweepInput]) -> _Batch:
+        ids = [token for item in inputs for token in item.token_ids]
+        hidden = self.model.get_input_embeddings()(
+            torch.tensor([ids], device=self.device)
+        )
+        spans, positions, masks, start = [], [], [], 0
+        for item in inputs:
+            span = slice(start, start + len(item.token_ids))
+            past = item.cache.get_seq_length()
+            position = torch.arange(
+                past, past + len(item.token_ids), device=self.device
+            )
+            spans.append(span)
+            positions.append(position)
+            masks.append(self._masks(hidden[:, span], item.cache, position[None]))
+            start = span.stop
+        packed_positions = torch.cat(positions)[None]
+        kinds = set(self.layer_types)
+        rotary = {kind: self._rotary(kind, hidden, packed_positions) for kind in kinds}
+        caches = [item.cache for item in inputs]
+        pack = Pack(spans, caches, masks, self.layer_types)
+        return _Batch(hidden, packed_positions, rotary, pack)
+
+    def _masks(self, hidden, cache, positions) -> dict[str, torch.Tensor | None]:
+        return {
+            kind: _MASK_BUILDERS[kind](
+                config=self._mask_config,
+                inputs_embeds=hidden,
+                attention_mask=None,
+                cache=cache,
+                position_ids=positions,
+            )
+            for kind in set(self.layer_types)
+        }
 
     def _rotary(
         self, kind: str, hidden, positions
@@ -145,19 +187,33 @@ class ModelRunner:
             return rotary(hidden, positions, kind)
         return rotary(hidden, positions)
 
-    def _logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        hidden = self.model.get_decoder().norm(hidden)
-        logits = self.model.get_output_embeddings()(hidden)[0, -1].float()  # [vocab]
+    def _logits(
+        self, batch: _Batch, inputs: list[SweepInput]
+    ) -> list[torch.Tensor | None]:
+        wanted = [i for i, item in enumerate(inputs) if item.wants_logits]
+        if not wanted:
+            return [None] * len(inputs)
+        rows = torch.tensor([batch.pack.spans[i].stop - 1 for i in wanted])
+        hidden = self.model.get_decoder().norm(batch.hidden[:, rows.to(self.device)])
+        logits = self.model.get_output_embeddings()(hidden)[
+            0
+        ].float()  # [wanted, vocab]
         cap = getattr(self.config, "final_logit_softcapping", None)
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
-        return logits
+        out: list[torch.Tensor | None] = [None] * len(inputs)
+        for row, index in enumerate(wanted):
+            out[index] = logits[row]
+        return out
 
-    def _read_layer(self, index: int) -> LayerWeights:
+    def _read_layer(self, index: int) -> LayerRead:
         return self._checkpoint.read_layer(index, self.dtype)
 
+    def _on_device(self, weights: Weights) -> Weights:
+        return {key: t.to(self.device, non_blocking=True) for key, t in weights.items()}
+
     def _load_resident(self, checkpoint: Checkpoint) -> None:
-        weights = _to_device(checkpoint.read_resident(self.dtype), self.device)
+        weights = self._on_device(checkpoint.read_resident(self.dtype))
         expected = _resident_keys(self.model)
         missing = expected - weights.keys() - _tied_keys(self.model)
         if missing:
@@ -168,19 +224,26 @@ class ModelRunner:
         if _tied_keys(self.model) - weights.keys():
             output = self.model.get_output_embeddings()
             output.weight = self.model.get_input_embeddings().weight
-        for module in self.model.modules():
-            for name, buffer in module.named_buffers(recurse=False):
-                module.register_buffer(
-                    name,
-                    buffer.to(self.device),
-                    persistent=name not in module._non_persistent_buffers_set,
-                )
+        for index in sorted(self.resident_layers):
+            owned = checkpoint.read_layer_owned(index, self.dtype)
+            self.layers[index].load_state_dict(
+                self._on_device(owned), strict=True, assign=True
+            )
+        _move_buffers(self.model, self.device)
 
 
-def _to_device(weights: LayerWeights, device: torch.device) -> LayerWeights:
-    return {
-        key: tensor.to(device, non_blocking=True) for key, tensor in weights.items()
-    }
+def _use_packed_attention(config: PretrainedConfig) -> PretrainedConfig:
+    """Layers dispatch to packed attention; masks are still built for SDPA."""
+    mask_config = copy.copy(config)
+    mask_config._attn_implementation = "sdpa"
+    config._attn_implementation = PACKED_ATTENTION
+    return mask_config
+
+
+def _move_buffers(model: nn.Module, device: torch.device) -> None:
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            module._buffers[name] = buffer.to(device)
 
 
 def _layer_types(config, count: int) -> list[str]:
@@ -209,11 +272,8 @@ def _resident_keys(model: PreTrainedModel) -> set[str]:
 def _tied_keys(model: PreTrainedModel) -> set[str]:
     if not getattr(model.config, "tie_word_embeddings", False):
         return set()
-    names = [
-        name
-        for name, module in model.named_modules()
-        if module is model.get_output_embeddings()
-    ]
+    output = model.get_output_embeddings()
+    names = [name for name, module in model.named_modules() if module is output]
     return {f"{name}.weight" for name in names}
 
 

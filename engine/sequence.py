@@ -11,7 +11,6 @@ from transformers import DynamicCache
 from engine.detokenize import TextStream
 from engine.request import (
     EventSink,
-    FinishReason,
     GenerationRequest,
     RequestHandle,
     RequestState,
@@ -29,7 +28,7 @@ class Sequence:
     cache: DynamicCache | None = None
     output_ids: list[int] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
-    finish_reason: FinishReason | None = None
+    num_cached: int = 0  # tokens already in the KV cache
     submitted_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
 
@@ -53,12 +52,27 @@ class Sequence:
             RequestState.FAILED,
         )
 
+    @property
+    def num_tokens(self) -> int:
+        return self.num_prompt_tokens + self.num_output_tokens
+
+    @property
+    def is_prefilling(self) -> bool:
+        return len(self.pending_ids) > 1 or self.num_cached == 0
+
     def start(self, cache: DynamicCache) -> None:
+        """Join the batch; after a preemption the text so far is computed again."""
         self.cache = cache
-        self.pending_ids = list(self.request.prompt_ids)
+        self.num_cached = 0
+        self.pending_ids = list(self.request.prompt_ids) + self.output_ids
         self.state = RequestState.RUNNING
+
+    def consumed(self, count: int) -> None:
+        self.num_cached += count
+        self.pending_ids = self.pending_ids[count:]
 
     def release(self) -> None:
         """Free the KV cache as soon as the sequence leaves the batch."""
         self.cache = None
+        self.num_cached = 0
         self.pending_ids = []

@@ -9,6 +9,7 @@ in checkpoints.
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Iterator
 
 from torch import nn
@@ -17,6 +18,8 @@ from transformers.initialization import no_init_weights
 
 
 def build_skeleton(config: PretrainedConfig) -> PreTrainedModel:
+    # A copy: the engine changes its skeleton's config (attention dispatch).
+    config = copy.deepcopy(config)
     with no_init_weights(), _parameters_on_meta():
         model = AutoModelForCausalLM.from_config(config)
     return model.eval()

@@ -44,6 +44,9 @@ SERVE_FLAGS = (
     ("--max-batch", "most sequences sharing one sweep"),
     ("--max-queue", "most requests waiting; more get HTTP 503"),
     ("--prefetch-depth", "layers read ahead of the one computing"),
+    ("--max-sweep-tokens", "most tokens in one sweep; longer prompts are chunked"),
+    ("--max-memory", "bytes for weights and KV cache, e.g. 2GB (auto: half the free)"),
+    ("--kv-memory", "bytes of KV cache (default: a quarter of --max-memory)"),
     _HOME_FLAG,
     _LOG_FLAG,
 )

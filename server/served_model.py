@@ -16,6 +16,8 @@ class ServedModel:
     id: str
     aliases: frozenset[str]
     created: int
+    context_length: int
+    residency: dict[str, object]
 
     @classmethod
     def of(cls, settings: Settings, engine: Engine) -> ServedModel:
@@ -25,7 +27,10 @@ class ServedModel:
             path = Path(settings.model)
             names |= {settings.model, path.name, path.stem}
         served_id = settings.served_model_name or engine.model_id
-        return cls(served_id, frozenset(names - {served_id}), engine.created)
+        aliases = frozenset(names - {served_id})
+        return cls(
+            served_id, aliases, engine.created, engine.context_length, engine.plan
+        )
 
     def require(self, name: str) -> None:
         if name != self.id and name not in self.aliases:
@@ -33,4 +38,9 @@ class ServedModel:
 
     @property
     def card(self) -> ModelCard:
-        return ModelCard(id=self.id, created=self.created)
+        return ModelCard(
+            id=self.id,
+            created=self.created,
+            context_length=self.context_length,
+            residency=self.residency,
+        )

@@ -20,6 +20,7 @@ from pydantic_settings import (
 )
 
 from engine.options import EngineOptions
+from engine.residency import default_budget, parse_bytes
 
 DEFAULT_CONFIG_FILE = Path("config.yaml")
 _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
@@ -45,6 +46,10 @@ class Settings(BaseSettings):
     max_batch: int = Field(default=8, ge=1)
     max_queue: int = Field(default=64, ge=1)
     prefetch_depth: int = Field(default=2, ge=1)
+    max_sweep_tokens: int = Field(default=512, ge=1)
+    # Sizes such as "2GB" or "512MiB"; "auto" takes a share of what is free.
+    max_memory: str = "auto"
+    kv_memory: str | None = None
     home: Path = Path("~/.cache/layerstream")
     log_level: LogLevel = "info"
 
@@ -61,6 +66,13 @@ class Settings(BaseSettings):
         if not _DEVICE_PATTERN.fullmatch(device):
             raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
         return device
+
+    @field_validator("max_memory", "kv_memory")
+    @classmethod
+    def _size(cls, size: str | None) -> str | None:
+        if size is not None and size != "auto":
+            parse_bytes(size)  # raises ValueError with the bad value
+        return size
 
     @field_validator("home")
     @classmethod
@@ -131,5 +143,12 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_batch=settings.max_batch,
         max_queue=settings.max_queue,
         prefetch_depth=settings.prefetch_depth,
+        max_sweep_tokens=settings.max_sweep_tokens,
+        max_memory=_bytes_or_auto(settings.max_memory, device),
+        kv_memory=parse_bytes(settings.kv_memory) if settings.kv_memory else None,
         home=settings.home,
     )
+
+
+def _bytes_or_auto(size: str, device: torch.device) -> int:
+    return default_budget(device) if size == "auto" else parse_bytes(size)

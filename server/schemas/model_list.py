@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -12,6 +12,9 @@ class ModelCard(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "layerstream"
+    context_length: int
+    # Not in OpenAI's schema (clients ignore it): what stays resident, what streams.
+    residency: dict[str, Any]
 
 
 class ModelList(BaseModel):

@@ -32,6 +32,7 @@ class FakeEngine:
     model_id = "smollm2-135m-instruct"
     created = 1_700_000_000
     is_alive = True
+    plan: dict[str, object] = {}
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer

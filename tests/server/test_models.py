@@ -27,6 +27,8 @@ def test_models_lists_the_served_model(client: TestClient) -> None:
                 "object": "model",
                 "created": 1_700_000_000,
                 "owned_by": "layerstream",
+                "context_length": 512,
+                "residency": {},
             }
         ],
     }

@@ -1,0 +1,203 @@
+"""``--big``: serve a random Llama larger than memory with a small budget.
+
+Writes the model (unless a complete one is already in ``--big-dir``), measures
+the disk's read rate with the files' pages evicted from the page cache, then
+serves a few tokens with every page of the model evicted, and sets the time
+per sweep against the time to read the streamed bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from bench.big_model import LlamaShape, write_random_llama
+from bench.http_load import LOAD_ERRORS, run_load
+from bench.memory import MemoryWatch
+from bench.model_size import INDEX_FILE, weight_files
+from bench.physical import (
+    cold_read_bandwidth,
+    drop_file_cache,
+    matmul_rate,
+    page_cache_read_bandwidth,
+)
+from bench.server_process import ServerFailed, ServerSpec, start_server
+
+logger = logging.getLogger(__name__)
+
+_DISK_MARGIN_BYTES = 2 * 1024**3
+_COLD_SAMPLE_BYTES = 2 * 1024**3
+_COMPUTE_ITEMSIZE = 4  # the server computes in float32 on the CPU
+_KV_AND_BUFFERS_BYTES = 256 * 1024**2
+
+
+class NotEnoughDisk(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class BigOptions:
+    shape: LlamaShape
+    dtype: torch.dtype
+    tokenizer_folder: Path
+    home: Path
+    folder: Path | None  # kept and reused when given
+    tokens: int
+    max_memory: str | None  # None: resident parts + two layers
+    memory_flag: str
+    timeout_s: float
+
+
+@dataclass
+class BigReport:
+    shape: LlamaShape
+    dtype: str
+    folder: str
+    file_bytes: int = 0
+    streamed_bytes: int = 0  # decoder layers as stored: read once per sweep
+    write_s: float | None = None
+    cold_read_bytes_per_s: float | None = None
+    cold_read_method: str = ""
+    page_cache_read_bytes_per_s: float | None = None
+    matmul_flops_per_s: float | None = None
+    max_memory: str | None = None
+    completion_tokens: int | None = None
+    ttft_s: float | None = None
+    wall_s: float | None = None
+    peak_rss_bytes: int | None = None
+    peak_anon_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def sweep_s(self) -> float | None:
+        """Mean seconds per sweep: the prompt's sweep, then one per new token."""
+        if not self.completion_tokens or self.wall_s is None:
+            return None
+        return self.wall_s / self.completion_tokens
+
+
+def run_big(options: BigOptions) -> BigReport:
+    shape = options.shape
+    with _model_folder(options) as folder:
+        report = BigReport(shape, str(options.dtype).removeprefix("torch."), str(folder))
+        _ensure_model(folder, options, report)
+        files = weight_files(folder)
+        report.file_bytes = sum(path.stat().st_size for path in files)
+        report.streamed_bytes = shape.layers * shape.layer_parameters * _itemsize(
+            options.dtype
+        )
+        _measure_reading(files, report)
+        _serve(folder, options, report)
+    return report
+
+
+def check_disk(target: Path, shape: LlamaShape, dtype: torch.dtype) -> None:
+    needed = shape.parameters * _itemsize(dtype) + _DISK_MARGIN_BYTES
+    existing = target if target.exists() else target.parent
+    free = shutil.disk_usage(existing).free
+    if free < needed:
+        raise NotEnoughDisk(
+            f"the {shape.layers}-layer model needs {needed / 1e9:.1f} GB free "
+            f"in {existing} (with margin), only {free / 1e9:.1f} GB are; "
+            "use --big-layers to shorten it or --big-dir elsewhere"
+        )
+
+
+def default_budget(shape: LlamaShape) -> str:
+    """Resident embeddings, norm and head, two layers in flight, and some room."""
+    outer = shape.outer_parameters * _COMPUTE_ITEMSIZE
+    layers = 2 * shape.layer_parameters * _COMPUTE_ITEMSIZE
+    return f"{math.ceil((outer + layers + _KV_AND_BUFFERS_BYTES) / 1e6)}MB"
+
+
+@contextmanager
+def _model_folder(options: BigOptions) -> Iterator[Path]:
+    if options.folder is not None:
+        yield options.folder
+        return
+    options.home.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="bench-big-", dir=options.home))
+    try:
+        yield scratch
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _ensure_model(folder: Path, options: BigOptions, report: BigReport) -> None:
+    if _is_complete(folder, options.shape):
+        report.notes.append("reused the model already written in the folder")
+        return
+    check_disk(folder, options.shape, options.dtype)
+    logger.info("writing a %d-layer random Llama into %s", options.shape.layers, folder)
+    started = time.perf_counter()
+    write_random_llama(folder, options.shape, options.dtype, options.tokenizer_folder)
+    report.write_s = time.perf_counter() - started
+
+
+def _is_complete(folder: Path, shape: LlamaShape) -> bool:
+    """A finished write of this shape (the index file is written last)."""
+    if not (folder / INDEX_FILE).is_file():
+        return False
+    config = json.loads((folder / "config.json").read_text())
+    return (
+        config.get("num_hidden_layers") == shape.layers
+        and config.get("hidden_size") == shape.hidden
+        and config.get("intermediate_size") == shape.intermediate
+    )
+
+
+def _measure_reading(files: tuple[Path, ...], report: BigReport) -> None:
+    layer_files = files[1:-1] or files
+    logger.info("measuring the disk's read rate with the page cache emptied")
+    rate, method = cold_read_bandwidth(layer_files, _COLD_SAMPLE_BYTES)
+    report.cold_read_bytes_per_s, report.cold_read_method = rate, method
+    report.page_cache_read_bytes_per_s = page_cache_read_bandwidth(layer_files[:1])
+    report.matmul_flops_per_s = matmul_rate()
+
+
+def _serve(folder: Path, options: BigOptions, report: BigReport) -> None:
+    budget = options.max_memory or default_budget(options.shape)
+    spec = ServerSpec(folder, options.home, 1, budget, options.memory_flag)
+    report.notes.append(f"page cache: {drop_file_cache(weight_files(folder))}")
+    try:
+        server = start_server(spec, options.timeout_s)
+    except (ServerFailed, OSError) as error:
+        report.error = f"server did not start: {error}"
+        return
+    report.max_memory = server.max_memory
+    if server.note:
+        report.notes.append(server.note)
+    try:
+        with MemoryWatch(server.pid) as watch:
+            _generate(server.base_url, options, report)
+            peaks = watch.peaks()
+        report.peak_rss_bytes, report.peak_anon_bytes = peaks.rss_bytes, peaks.anon_bytes
+    finally:
+        server.stop()
+
+
+def _generate(base_url: str, options: BigOptions, report: BigReport) -> None:
+    logger.info("generating %d tokens from the big model", options.tokens)
+    try:
+        load = run_load(base_url, 1, options.tokens, options.timeout_s)
+    except LOAD_ERRORS as error:
+        report.error = f"{type(error).__name__}: {error}"
+        return
+    report.completion_tokens = load.completion_tokens
+    report.ttft_s = load.median_ttft_s
+    report.wall_s = load.wall_s
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()

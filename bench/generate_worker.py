@@ -1,0 +1,131 @@
+"""Timed greedy generation with transformers (in memory or offloaded) or AirLLM.
+
+Runs as a script in a process of its own, so that its peak memory is its own.
+It imports nothing from layerstream or from the rest of this package, because
+AirLLM runs it with the python of a separate virtual environment; its only
+input is one JSON argument and its only output one line starting with
+``RESULT_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.generation.streamers import BaseStreamer
+
+RESULT_PREFIX = "BENCH_RESULT "
+
+
+class FirstTokenClock(BaseStreamer):
+    """Notes when generate hands over its first new tokens (after the prompt)."""
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.first_token_at: float | None = None
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts += 1
+        # The first put is the prompt itself; the second carries new tokens.
+        if self.puts == 2:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def load(spec: dict[str, Any]) -> tuple[Any, Any]:
+    folder = spec["folder"]
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    backend = spec["backend"]
+    if backend == "transformers":
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    elif backend == "offload":
+        model = AutoModelForCausalLM.from_pretrained(
+            folder,
+            dtype=torch.float32,
+            device_map="auto",
+            max_memory={"cpu": spec["max_memory"]},
+            offload_folder=spec["offload_folder"],
+        )
+    elif backend == "airllm":
+        from airllm import AutoModel  # only installed in AirLLM's environment
+
+        model = AutoModel.from_pretrained(folder, device="cpu", dtype=torch.float32)
+    else:
+        raise ValueError(f"unknown backend {backend!r}")
+    return model, tokenizer
+
+
+def prompt_ids(tokenizer: Any, messages: list[dict], batch: int) -> torch.Tensor:
+    ids = tokenizer.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    # Copies of one prompt need no padding: every row has the same length.
+    return torch.tensor([list(ids)] * batch)  # [batch, prompt]
+
+
+def generate(
+    model: Any, tokenizer: Any, ids: torch.Tensor, tokens: int, clock: BaseStreamer
+) -> torch.Tensor:
+    # min_new_tokens makes every system do the same number of steps even if
+    # an end-of-turn token would win early.
+    return model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+        streamer=clock,
+    )
+
+
+def peak_rss_bytes() -> int | None:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
+def run(spec: dict[str, Any]) -> dict[str, Any]:
+    started = time.perf_counter()
+    model, tokenizer = load(spec)
+    load_s = time.perf_counter() - started
+    ids = prompt_ids(tokenizer, spec["messages"], spec["batch"])
+
+    with torch.inference_mode():
+        if spec["warmup_tokens"]:
+            generate(model, tokenizer, ids, spec["warmup_tokens"], FirstTokenClock())
+        clock = FirstTokenClock()
+        sent = time.perf_counter()
+        out = generate(model, tokenizer, ids, spec["tokens"], clock)
+        wall_s = time.perf_counter() - sent
+
+    new = out[:, ids.shape[1] :]  # [batch, new tokens]
+    ttft = None if clock.first_token_at is None else clock.first_token_at - sent
+    return {
+        "load_s": load_s,
+        "prompt_tokens": ids.shape[1],
+        "completion_tokens": int(new.numel()),
+        "wall_s": wall_s,
+        "ttft_s": ttft,
+        "peak_rss_bytes": peak_rss_bytes(),
+        "text": tokenizer.decode(new[0], skip_special_tokens=True),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    result = run(json.loads(args[0]))
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

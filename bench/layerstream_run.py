@@ -1,0 +1,98 @@
+"""layerstream's rows: one stream, then many at once, through the HTTP API.
+
+Both loads run against one server process per memory budget. Its peak memory
+counts from its start, as the anchors' does from theirs: the many-streams row
+therefore holds the peak of the whole process.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from bench.http_load import LOAD_ERRORS, LoadResult, run_load
+from bench.memory import MemoryWatch
+from bench.results import Row
+from bench.server_process import RunningServer, ServerFailed, ServerSpec, start_server
+
+logger = logging.getLogger(__name__)
+
+_WARMUP_TOKENS = 2
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str  # "part" or "full", used in row keys
+    label: str  # shown in the table
+    max_memory: str
+
+
+def layerstream_rows(
+    spec: ServerSpec, budget: Budget, tokens: int, streams: int, timeout_s: float
+) -> list[Row]:
+    rows = [_row(budget, 1), _row(budget, streams)]
+    try:
+        server = start_server(spec, timeout_s)
+    except (ServerFailed, OSError) as error:
+        return _failed(rows, f"server did not start: {error}")
+    try:
+        _measure_all(server, rows, tokens, timeout_s)
+    finally:
+        server.stop()
+    return rows
+
+
+def _row(budget: Budget, streams: int) -> Row:
+    suffix = "1" if streams == 1 else "many"
+    key = f"layerstream-{budget.name}-{suffix}"
+    config = f"{budget.label} ({budget.max_memory})"
+    return Row(key, "layerstream", config, streams)
+
+
+def _measure_all(
+    server: RunningServer, rows: list[Row], tokens: int, timeout_s: float
+) -> None:
+    with MemoryWatch(server.pid) as watch:
+        try:
+            run_load(server.base_url, 1, _WARMUP_TOKENS, timeout_s)
+        except LOAD_ERRORS as error:
+            _failed(rows, f"warm-up failed: {type(error).__name__}: {error}")
+            return
+        for row in rows:
+            logger.info("measuring layerstream, %s, %d stream(s)", row.config, row.streams)
+            _measure(server, row, tokens, timeout_s)
+            peaks = watch.peaks()
+            row.peak_rss_bytes, row.peak_anon_bytes = peaks.rss_bytes, peaks.anon_bytes
+
+
+def _measure(server: RunningServer, row: Row, tokens: int, timeout_s: float) -> None:
+    row.max_memory = server.max_memory
+    row.note = server.note
+    try:
+        load = run_load(server.base_url, row.streams, tokens, timeout_s)
+    except LOAD_ERRORS as error:
+        row.error = f"{type(error).__name__}: {error}"
+        return
+    _fill(row, load, tokens)
+
+
+def _fill(row: Row, load: LoadResult, tokens: int) -> None:
+    row.completion_tokens = load.completion_tokens
+    row.wall_s = load.wall_s
+    row.ttft_s = load.median_ttft_s
+    row.text = load.streams[0].text
+    short = [s for s in load.streams if s.completion_tokens < tokens]
+    if short:
+        row.note = _join(row.note, f"{len(short)} stream(s) stopped before {tokens}")
+    if row.streams > 1:
+        row.note = _join(row.note, "TTFT is the median")
+
+
+def _failed(rows: list[Row], message: str) -> list[Row]:
+    for row in rows:
+        row.error = message
+    return rows
+
+
+def _join(first: str, second: str) -> str:
+    return f"{first}; {second}" if first else second

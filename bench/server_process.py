@@ -1,0 +1,158 @@
+"""layerstream's server as a child process: started, awaited, stopped.
+
+The server runs from an empty working folder and without ``LAYERSTREAM_*``
+variables, so that a ``config.yaml`` or an environment setting of the caller
+cannot change what is measured: every setting comes from the flags here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+logger = logging.getLogger(__name__)
+
+SERVED_NAME = "bench"
+_POLL_S = 0.3
+_STOP_GRACE_S = 20.0
+_LOG_TAIL_LINES = 3
+
+
+class ServerFailed(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    folder: Path
+    home: Path
+    max_batch: int
+    max_memory: str | None  # e.g. "150MB"; None passes no budget flag
+    memory_flag: str = "--max-memory"
+
+
+@dataclass
+class RunningServer:
+    process: subprocess.Popen
+    base_url: str
+    log_path: Path
+    max_memory: str | None  # the budget actually applied
+    note: str = ""
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=_STOP_GRACE_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log_path.unlink(missing_ok=True)
+
+
+def start_server(spec: ServerSpec, timeout_s: float) -> RunningServer:
+    """A healthy server; without the budget flag if this server does not know it."""
+    try:
+        return _start(spec, spec.max_memory, timeout_s)
+    except ServerFailed as error:
+        if spec.max_memory is None or not _is_unknown_flag(str(error), spec):
+            raise
+    note = f"server refused {spec.memory_flag}; ran with no memory budget"
+    logger.warning(note)
+    server = _start(spec, None, timeout_s)
+    server.note = note
+    return server
+
+
+def _is_unknown_flag(message: str, spec: ServerSpec) -> bool:
+    return "unrecognized arguments" in message and spec.memory_flag in message
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _start(spec: ServerSpec, max_memory: str | None, timeout_s: float) -> RunningServer:
+    port = free_port()
+    command = _command(spec, port, max_memory)
+    logger.info("starting %s", " ".join(command))
+    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
+    with log:
+        process = subprocess.Popen(
+            command,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=tempfile.gettempdir(),
+            env=_clean_environment(),
+        )
+    server = RunningServer(
+        process, f"http://127.0.0.1:{port}", Path(log.name), max_memory
+    )
+    try:
+        _wait_healthy(server, timeout_s)
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _command(spec: ServerSpec, port: int, max_memory: str | None) -> list[str]:
+    command = [
+        sys.executable,
+        "-m",
+        "server",
+        "serve",
+        *("--model", str(spec.folder)),
+        *("--served-model-name", SERVED_NAME),
+        *("--home", str(spec.home)),
+        *("--port", str(port)),
+        *("--max-batch", str(spec.max_batch)),
+        *("--device", "cpu"),
+        *("--log-level", "warning"),
+    ]
+    if max_memory is not None:
+        command += [spec.memory_flag, max_memory]
+    return command
+
+
+def _clean_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("LAYERSTREAM_")}
+
+
+def _wait_healthy(server: RunningServer, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        code = server.process.poll()
+        if code is not None:
+            raise ServerFailed(f"server exited ({code}): {_log_tail(server.log_path)}")
+        if _is_healthy(server.base_url):
+            return
+        time.sleep(_POLL_S)
+    raise ServerFailed(f"server not healthy after {timeout_s:.0f} s")
+
+
+def _is_healthy(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/health", timeout=2.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _log_tail(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines()
+    return " / ".join(lines[-_LOG_TAIL_LINES:]) or "no output"

@@ -1,0 +1,135 @@
+"""Who runs in the next sweep, and how many of their tokens.
+
+Between sweeps: waiting requests join while the batch has room (``max_batch``
+sequences and the KV-cache budget); in the sweep, every decoding sequence gets
+one token and prompts share the rest of the sweep's token budget in arrival
+order, so a long prompt is processed in chunks over several sweeps instead of
+stalling the others. When the KV cache would overflow, the latest arrivals
+give their cache back and wait at the head of the line to be computed again.
+"""
+
+from __future__ import annotations
+
+import collections
+import queue
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from transformers import DynamicCache
+
+from engine.errors import QueueFullError
+from engine.request import RequestState
+from engine.sequence import Sequence
+
+_IDLE_POLL_S = 0.1
+
+
+@dataclass(frozen=True)
+class Slot:
+    sequence: Sequence
+    count: int  # pending tokens fed in this sweep
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.sequence.pending_ids[: self.count]
+
+    @property
+    def wants_logits(self) -> bool:
+        return self.count == len(self.sequence.pending_ids)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        max_batch: int,
+        max_queue: int,
+        max_sweep_tokens: int,
+        kv_tokens: int,
+        new_cache: Callable[[], DynamicCache],
+    ) -> None:
+        self.max_batch = max_batch
+        self.max_sweep_tokens = max_sweep_tokens
+        self.kv_tokens = kv_tokens  # KV-cache budget, in tokens of all layers
+        self.running: list[Sequence] = []
+        self.num_preempted = 0
+        self._new_cache = new_cache
+        self._waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max_queue)
+        self._returned: collections.deque[Sequence] = collections.deque()
+
+    @property
+    def num_waiting(self) -> int:
+        return self._waiting.qsize() + len(self._returned)
+
+    def add(self, sequence: Sequence) -> None:
+        try:
+            self._waiting.put_nowait(sequence)
+        except queue.Full:
+            raise QueueFullError(
+                f"{self._waiting.maxsize} requests are already waiting"
+            ) from None
+
+    def admit(self, retire: Callable[[Sequence], bool]) -> None:
+        """Fill the batch; ``retire`` drops a cancelled sequence and says so."""
+        self.running = [seq for seq in self.running if not retire(seq)]
+        while len(self.running) < self.max_batch:
+            sequence = self._next(block=not self.running)
+            if sequence is None:
+                return
+            if retire(sequence):
+                continue
+            if self.running and self._kv_used() + sequence.num_tokens > self.kv_tokens:
+                self._returned.appendleft(sequence)
+                return
+            sequence.start(self._new_cache())
+            self.running.append(sequence)
+
+    def plan(self) -> list[Slot]:
+        """This sweep's slots, after making room in the KV cache if needed."""
+        slots = self._slots()
+        while len(self.running) > 1 and _kv_after(slots) > self.kv_tokens:
+            self._preempt(self.running[-1])
+            slots = self._slots()
+        return slots
+
+    def drain(self) -> list[Sequence]:
+        """Everything not yet finished, removed from the scheduler."""
+        left = self.running + list(self._returned)
+        self.running, self._returned = [], collections.deque()
+        while (sequence := self._next(block=False)) is not None:
+            left.append(sequence)
+        return left
+
+    def _slots(self) -> list[Slot]:
+        decoding = [seq for seq in self.running if not seq.is_prefilling]
+        budget = max(self.max_sweep_tokens - len(decoding), 1)
+        slots = [Slot(seq, 1) for seq in decoding]
+        for sequence in self.running:
+            if sequence.is_prefilling and budget > 0:
+                count = min(len(sequence.pending_ids), budget)
+                slots.append(Slot(sequence, count))
+                budget -= count
+        return slots
+
+    def _preempt(self, sequence: Sequence) -> None:
+        self.running.remove(sequence)
+        sequence.release()
+        sequence.state = RequestState.WAITING
+        self._returned.appendleft(sequence)
+        self.num_preempted += 1
+
+    def _kv_used(self) -> int:
+        return sum(seq.num_tokens for seq in self.running)
+
+    def _next(self, block: bool) -> Sequence | None:
+        if self._returned:
+            return self._returned.popleft()
+        try:
+            if block:
+                return self._waiting.get(timeout=_IDLE_POLL_S)
+            return self._waiting.get_nowait()
+        except queue.Empty:
+            return None
+
+
+def _kv_after(slots: list[Slot]) -> int:
+    return sum(slot.sequence.num_cached + slot.count for slot in slots)
