@@ -31,14 +31,15 @@ from bench.physical import (
     matmul_rate,
     page_cache_read_bandwidth,
 )
-from bench.server_process import ServerFailed, ServerSpec, start_server
+from bench.server_process import Budget, ServerFailed, ServerSpec, start_server
 
 logger = logging.getLogger(__name__)
 
 _DISK_MARGIN_BYTES = 2 * 1024**3
 _COLD_SAMPLE_BYTES = 2 * 1024**3
 _COMPUTE_ITEMSIZE = 4  # the server computes in float32 on the CPU
-_KV_AND_BUFFERS_BYTES = 256 * 1024**2
+_IN_FLIGHT_LAYERS = 3
+_PROMPT_ALLOWANCE = 64  # tokens: the prompt and some slack
 
 
 class NotEnoughDisk(Exception):
@@ -53,8 +54,7 @@ class BigOptions:
     home: Path
     folder: Path | None  # kept and reused when given
     tokens: int
-    max_memory: str | None  # None: resident parts + two layers
-    memory_flag: str
+    budget: Budget | None  # None: default_budget
     timeout_s: float
 
 
@@ -90,12 +90,14 @@ class BigReport:
 def run_big(options: BigOptions) -> BigReport:
     shape = options.shape
     with _model_folder(options) as folder:
-        report = BigReport(shape, str(options.dtype).removeprefix("torch."), str(folder))
+        report = BigReport(
+            shape, str(options.dtype).removeprefix("torch."), str(folder)
+        )
         _ensure_model(folder, options, report)
         files = weight_files(folder)
         report.file_bytes = sum(path.stat().st_size for path in files)
-        report.streamed_bytes = shape.layers * shape.layer_parameters * _itemsize(
-            options.dtype
+        report.streamed_bytes = (
+            shape.layers * shape.layer_parameters * _itemsize(options.dtype)
         )
         _measure_reading(files, report)
         _serve(folder, options, report)
@@ -114,11 +116,19 @@ def check_disk(target: Path, shape: LlamaShape, dtype: torch.dtype) -> None:
         )
 
 
-def default_budget(shape: LlamaShape) -> str:
-    """Resident embeddings, norm and head, two layers in flight, and some room."""
+def default_budget(shape: LlamaShape, tokens: int) -> Budget:
+    """Room for the resident parts, the KV cache and the layers in flight only.
+
+    The engine keeps embeddings, norm and head, and reads ahead two layers
+    while a third computes (its default prefetch depth): with this budget no
+    decoder layer can stay resident, however many the model has.
+    """
     outer = shape.outer_parameters * _COMPUTE_ITEMSIZE
-    layers = 2 * shape.layer_parameters * _COMPUTE_ITEMSIZE
-    return f"{math.ceil((outer + layers + _KV_AND_BUFFERS_BYTES) / 1e6)}MB"
+    in_flight = _IN_FLIGHT_LAYERS * shape.layer_parameters * _COMPUTE_ITEMSIZE
+    kv_width = shape.kv_heads * (shape.hidden // shape.heads)
+    kv_per_token = 2 * shape.layers * kv_width * _COMPUTE_ITEMSIZE
+    kv = (_PROMPT_ALLOWANCE + tokens) * kv_per_token
+    return Budget(_megabytes(outer + in_flight + kv), _megabytes(kv))
 
 
 @contextmanager
@@ -167,22 +177,23 @@ def _measure_reading(files: tuple[Path, ...], report: BigReport) -> None:
 
 
 def _serve(folder: Path, options: BigOptions, report: BigReport) -> None:
-    budget = options.max_memory or default_budget(options.shape)
-    spec = ServerSpec(folder, options.home, 1, budget, options.memory_flag)
+    budget = options.budget or default_budget(options.shape, options.tokens)
+    spec = ServerSpec(folder, options.home, 1, budget)
     report.notes.append(f"page cache: {drop_file_cache(weight_files(folder))}")
     try:
         server = start_server(spec, options.timeout_s)
     except (ServerFailed, OSError) as error:
         report.error = f"server did not start: {error}"
         return
-    report.max_memory = server.max_memory
+    report.max_memory = None if server.budget is None else server.budget.max_memory
     if server.note:
         report.notes.append(server.note)
     try:
         with MemoryWatch(server.pid) as watch:
             _generate(server.base_url, options, report)
             peaks = watch.peaks()
-        report.peak_rss_bytes, report.peak_anon_bytes = peaks.rss_bytes, peaks.anon_bytes
+        report.peak_rss_bytes = peaks.rss_bytes
+        report.peak_anon_bytes = peaks.anon_bytes
     finally:
         server.stop()
 
@@ -201,3 +212,7 @@ def _generate(base_url: str, options: BigOptions, report: BigReport) -> None:
 
 def _itemsize(dtype: torch.dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
+
+
+def _megabytes(count: float) -> str:
+    return f"{math.ceil(count / 1e6)}MB"

@@ -53,7 +53,9 @@ class LoadResult:
         return times[len(times) // 2] if times else None
 
 
-def run_load(base_url: str, count: int, max_tokens: int, timeout_s: float) -> LoadResult:
+def run_load(
+    base_url: str, count: int, max_tokens: int, timeout_s: float
+) -> LoadResult:
     return asyncio.run(asyncio.wait_for(_load(base_url, count, max_tokens), timeout_s))
 
 

@@ -21,18 +21,20 @@ _WARMUP_TOKENS = 2
 
 
 @dataclass(frozen=True)
-class Budget:
+class Setup:
+    """One server configuration to measure."""
+
     name: str  # "part" or "full", used in row keys
     label: str  # shown in the table
-    max_memory: str
+    spec: ServerSpec
 
 
 def layerstream_rows(
-    spec: ServerSpec, budget: Budget, tokens: int, streams: int, timeout_s: float
+    setup: Setup, tokens: int, streams: int, timeout_s: float
 ) -> list[Row]:
-    rows = [_row(budget, 1), _row(budget, streams)]
+    rows = [_row(setup, 1), _row(setup, streams)]
     try:
-        server = start_server(spec, timeout_s)
+        server = start_server(setup.spec, timeout_s)
     except (ServerFailed, OSError) as error:
         return _failed(rows, f"server did not start: {error}")
     try:
@@ -42,11 +44,10 @@ def layerstream_rows(
     return rows
 
 
-def _row(budget: Budget, streams: int) -> Row:
+def _row(setup: Setup, streams: int) -> Row:
     suffix = "1" if streams == 1 else "many"
-    key = f"layerstream-{budget.name}-{suffix}"
-    config = f"{budget.label} ({budget.max_memory})"
-    return Row(key, "layerstream", config, streams)
+    key = f"layerstream-{setup.name}-{suffix}"
+    return Row(key, "layerstream", setup.label, streams)
 
 
 def _measure_all(
@@ -59,14 +60,16 @@ def _measure_all(
             _failed(rows, f"warm-up failed: {type(error).__name__}: {error}")
             return
         for row in rows:
-            logger.info("measuring layerstream, %s, %d stream(s)", row.config, row.streams)
+            logger.info(
+                "measuring layerstream, %s, %d stream(s)", row.config, row.streams
+            )
             _measure(server, row, tokens, timeout_s)
             peaks = watch.peaks()
             row.peak_rss_bytes, row.peak_anon_bytes = peaks.rss_bytes, peaks.anon_bytes
 
 
 def _measure(server: RunningServer, row: Row, tokens: int, timeout_s: float) -> None:
-    row.max_memory = server.max_memory
+    row.max_memory = None if server.budget is None else server.budget.max_memory
     row.note = server.note
     try:
         load = run_load(server.base_url, row.streams, tokens, timeout_s)

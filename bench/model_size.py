@@ -52,3 +52,13 @@ def read_header(path: Path) -> dict[str, dict]:
         header = json.loads(file.read(length))
     header.pop("__metadata__", None)
     return header
+
+
+def kv_bytes_per_token(folder: Path, itemsize: int) -> int:
+    """Keys and values of one token in every layer, from config.json."""
+    config = json.loads((folder / "config.json").read_text())
+    config = config.get("text_config", config)
+    heads = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // heads
+    kv_heads = config.get("num_key_value_heads") or heads
+    return 2 * config["num_hidden_layers"] * kv_heads * head_dim * itemsize

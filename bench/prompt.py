@@ -7,8 +7,21 @@ reaching an end-of-turn token.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from transformers import AutoTokenizer
+
 USER_MESSAGE = "Write a short story about a lighthouse keeper and the sea."
 
 
 def chat_messages() -> list[dict[str, str]]:
     return [{"role": "user", "content": USER_MESSAGE}]
+
+
+def prompt_length(tokenizer_folder: Path) -> int:
+    """Tokens of the prompt once the model's chat template is applied."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+    ids = tokenizer.apply_chat_template(
+        chat_messages(), add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    return len(ids)

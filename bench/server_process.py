@@ -32,12 +32,27 @@ class ServerFailed(Exception):
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A memory budget as the server's flags give it."""
+
+    max_memory: str  # e.g. "201MB": weights and KV cache
+    kv_memory: str | None = None  # the KV cache's share; None: the server's default
+    memory_flag: str = "--max-memory"
+    kv_flag: str = "--kv-memory"
+
+    def flags(self) -> list[str]:
+        flags = [self.memory_flag, self.max_memory]
+        if self.kv_memory is not None:
+            flags += [self.kv_flag, self.kv_memory]
+        return flags
+
+
+@dataclass(frozen=True)
 class ServerSpec:
     folder: Path
     home: Path
     max_batch: int
-    max_memory: str | None  # e.g. "150MB"; None passes no budget flag
-    memory_flag: str = "--max-memory"
+    budget: Budget | None  # None: the server's own default
 
 
 @dataclass
@@ -45,7 +60,7 @@ class RunningServer:
     process: subprocess.Popen
     base_url: str
     log_path: Path
-    max_memory: str | None  # the budget actually applied
+    budget: Budget | None  # the budget actually applied
     note: str = ""
 
     @property
@@ -64,21 +79,24 @@ class RunningServer:
 
 
 def start_server(spec: ServerSpec, timeout_s: float) -> RunningServer:
-    """A healthy server; without the budget flag if this server does not know it."""
+    """A healthy server; without the budget flags if this server does not know them."""
     try:
-        return _start(spec, spec.max_memory, timeout_s)
+        return _start(spec, spec.budget, timeout_s)
     except ServerFailed as error:
-        if spec.max_memory is None or not _is_unknown_flag(str(error), spec):
+        if spec.budget is None or not is_unknown_flag(str(error), spec.budget):
             raise
-    note = f"server refused {spec.memory_flag}; ran with no memory budget"
+    note = "server refused the budget flags; ran with its default budget"
     logger.warning(note)
     server = _start(spec, None, timeout_s)
     server.note = note
     return server
 
 
-def _is_unknown_flag(message: str, spec: ServerSpec) -> bool:
-    return "unrecognized arguments" in message and spec.memory_flag in message
+def is_unknown_flag(message: str, budget: Budget) -> bool:
+    """Whether argparse refused one of the budget's flags (an older server)."""
+    if "unrecognized arguments" not in message:
+        return False
+    return budget.memory_flag in message or budget.kv_flag in message
 
 
 def free_port() -> int:
@@ -87,11 +105,13 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start(spec: ServerSpec, max_memory: str | None, timeout_s: float) -> RunningServer:
+def _start(spec: ServerSpec, budget: Budget | None, timeout_s: float) -> RunningServer:
     port = free_port()
-    command = _command(spec, port, max_memory)
+    command = _command(spec, port, budget)
     logger.info("starting %s", " ".join(command))
-    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)
+    log = tempfile.NamedTemporaryFile(
+        prefix="bench-server-", suffix=".log", delete=False
+    )
     with log:
         process = subprocess.Popen(
             command,
@@ -100,9 +120,7 @@ def _start(spec: ServerSpec, max_memory: str | None, timeout_s: float) -> Runnin
             cwd=tempfile.gettempdir(),
             env=_clean_environment(),
         )
-    server = RunningServer(
-        process, f"http://127.0.0.1:{port}", Path(log.name), max_memory
-    )
+    server = RunningServer(process, f"http://127.0.0.1:{port}", Path(log.name), budget)
     try:
         _wait_healthy(server, timeout_s)
     except BaseException:
@@ -111,7 +129,7 @@ def _start(spec: ServerSpec, max_memory: str | None, timeout_s: float) -> Runnin
     return server
 
 
-def _command(spec: ServerSpec, port: int, max_memory: str | None) -> list[str]:
+def _command(spec: ServerSpec, port: int, budget: Budget | None) -> list[str]:
     command = [
         sys.executable,
         "-m",
@@ -125,9 +143,7 @@ def _command(spec: ServerSpec, port: int, max_memory: str | None) -> list[str]:
         *("--device", "cpu"),
         *("--log-level", "warning"),
     ]
-    if max_memory is not None:
-        command += [spec.memory_flag, max_memory]
-    return command
+    return command if budget is None else command + budget.flags()
 
 
 def _clean_environment() -> dict[str, str]:

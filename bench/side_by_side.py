@@ -11,24 +11,26 @@ import math
 import os
 import platform
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 import transformers
 
 from bench.anchors import airllm_row, offload_row, transformers_rows
-from bench.layerstream_run import Budget, layerstream_rows
-from bench.model_size import ModelSize, measure_model
+from bench.layerstream_run import Setup, layerstream_rows
+from bench.model_size import ModelSize, kv_bytes_per_token, measure_model
 from bench.physical import measure_limits
+from bench.prompt import prompt_length
 from bench.results import Report, Row
-from bench.server_process import ServerSpec
+from bench.server_process import Budget, ServerSpec
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("limits", "transformers", "offload", "layerstream", "airllm")
 _COMPUTE_ITEMSIZE = 4  # float32 on the CPU, for every system
-_FULL_BUDGET_FACTOR = 2  # room beyond the weights for caches and buffers
+_FULL_FACTOR = 2  # all resident: twice the weights leaves room for buffers
+_KV_SLACK_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class RunOptions:
     streams: int
     budget_fraction: float
     memory_flag: str
+    kv_flag: str
     offload_max_memory: str
     airllm_python: str | None
     airllm_tokens: int
@@ -58,13 +61,26 @@ def run_side_by_side(options: RunOptions) -> Report:
     return report
 
 
-def budgets(weight_bytes: int, fraction: float) -> list[Budget]:
-    part = f"{math.ceil(weight_bytes * fraction / 1e6)}MB"
-    full = f"{math.ceil(weight_bytes * _FULL_BUDGET_FACTOR / 1e6)}MB"
+def setups(options: RunOptions, weight_bytes: int, kv_bytes: int) -> list[Setup]:
+    """The small budget and the all-resident one, each with the run's KV cache.
+
+    The budget flag covers weights and KV cache together; the KV cache the run
+    needs is added on top so that "a quarter" is a quarter of the weights.
+    """
+    fraction = options.budget_fraction
+    part = Budget(_megabytes(weight_bytes * fraction + kv_bytes), _megabytes(kv_bytes))
+    full = replace(part, max_memory=_megabytes(weight_bytes * _FULL_FACTOR + kv_bytes))
     return [
-        Budget("part", f"{fraction:.0%} of weights", part),
-        Budget("full", "all resident", full),
+        _setup(options, "part", f"{fraction:.0%} of weights + KV", part),
+        _setup(options, "full", "all resident", full),
     ]
+
+
+def run_kv_bytes(options: RunOptions) -> int:
+    """KV cache for every stream's prompt and completion, with some slack."""
+    per_stream = prompt_length(options.folder) + options.tokens + _KV_SLACK_TOKENS
+    per_token = kv_bytes_per_token(options.folder, _COMPUTE_ITEMSIZE)
+    return options.streams * per_stream * per_token
 
 
 def machine_info() -> dict[str, object]:
@@ -103,20 +119,24 @@ def _limits(size: ModelSize, report: Report) -> list[Row]:
 
 
 def _layerstream(options: RunOptions, size: ModelSize) -> list[Row]:
-    rows = []
     weight_bytes = size.bytes_as(_COMPUTE_ITEMSIZE)
-    for budget in budgets(weight_bytes, options.budget_fraction):
-        spec = ServerSpec(
-            options.folder,
-            options.home,
-            options.streams,
-            budget.max_memory,
-            options.memory_flag,
-        )
+    rows = []
+    for setup in setups(options, weight_bytes, run_kv_bytes(options)):
         rows += layerstream_rows(
-            spec, budget, options.tokens, options.streams, options.timeout_s
+            setup, options.tokens, options.streams, options.timeout_s
         )
     return rows
+
+
+def _setup(options: RunOptions, name: str, label: str, budget: Budget) -> Setup:
+    flags = {"memory_flag": options.memory_flag, "kv_flag": options.kv_flag}
+    budget = replace(budget, **flags)
+    spec = ServerSpec(options.folder, options.home, options.streams, budget)
+    return Setup(name, f"{label} ({budget.max_memory})", spec)
+
+
+def _megabytes(count: float) -> str:
+    return f"{math.ceil(count / 1e6)}MB"
 
 
 def _run_stage(stage: str, action: Callable[[], list[Row]], report: Report) -> None:
@@ -124,7 +144,7 @@ def _run_stage(stage: str, action: Callable[[], list[Row]], report: Report) -> N
     try:
         report.rows += action()
     # Any failure of one stage becomes its row; the traceback goes to the log.
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         logger.warning("stage %s failed", stage, exc_info=True)
         message = f"{type(error).__name__}: {error}"
         report.rows.append(Row(f"{stage}-failed", stage, "failed", 0, error=message))

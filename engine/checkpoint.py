@@ -2,9 +2,9 @@
 
 The checkpoint is never copied on disk: tensors are read straight from the
 original files (one ``model.safetensors``, or shards listed by
-``model.safetensors.index.json``). Streamed layers are zero-copy views of the
-mapped files; resident parts are copied once into the process's own memory so
-that the kernel cannot evict them.
+``model.safetensors.index.json``). Streamed layers are read into staging
+buffers the engine reuses; resident parts are copied once into the process's
+own memory, so that the kernel cannot evict them.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import logging
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from engine.errors import ModelFileError
-from engine.mapped import MappedSafetensors
+from engine.tensorfile import TensorFile
 
 logger = logging.getLogger(__name__)
 
@@ -38,21 +37,12 @@ class TensorEntry:
     nbytes: int  # as stored on disk
 
 
-@dataclass
-class LayerRead:
-    """One streamed layer's tensors; ``release`` gives their pages back."""
-
-    tensors: dict[str, torch.Tensor]
-    nbytes: int
-    release: Callable[[], None]
-
-
 class Checkpoint:
     """Where every tensor of a checkpoint lives, grouped as resident or per layer."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self._files = {path: MappedSafetensors(path) for path in _shard_files(folder)}
+        self._files = {path: TensorFile(path) for path in _shard_files(folder)}
         self.resident: dict[str, TensorEntry] = {}
         self.layers: dict[int, dict[str, TensorEntry]] = {}
         for path, mapped in self._files.items():
@@ -84,23 +74,22 @@ class Checkpoint:
         entries = self.layers[index].items()
         return {key: _owned(self._view(entry), dtype) for key, entry in entries}
 
-    def read_layer(self, index: int, dtype: torch.dtype) -> LayerRead:
-        """A streamed layer: its pages mapped in now, views keyed as in the layer."""
-        entries = self.layers[index]
-        by_file: dict[Path, list[str]] = {}
-        for entry in entries.values():
-            by_file.setdefault(entry.file, []).append(entry.key)
-        for path, keys in by_file.items():
-            self._files[path].populate(keys)
-        tensors = {
-            key: _typed(self._view(entry), dtype) for key, entry in entries.items()
-        }
-        nbytes = sum(entry.nbytes for entry in entries.values())
-        return LayerRead(tensors, nbytes, lambda: self._release(by_file))
+    @property
+    def max_layer_nbytes(self) -> int:
+        return max((_staged_size(e.values()) for e in self.layers.values()), default=0)
 
-    def _release(self, by_file: dict[Path, list[str]]) -> None:
-        for path, keys in by_file.items():
-            self._files[path].release(keys)
+    def read_layer(
+        self, index: int, dtype: torch.dtype, buffer: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """A streamed layer read into ``buffer``, keyed as in the layer module."""
+        tensors, offset = {}, 0
+        for key, entry in self.layers[index].items():
+            slot = buffer[offset : offset + entry.nbytes]
+            self._files[entry.file].read_into(entry.key, slot)
+            info = self._files[entry.file].tensors[entry.key]
+            tensors[key] = _typed(slot.view(info.dtype).view(info.shape), dtype)
+            offset += _aligned(entry.nbytes)
+        return tensors
 
     def _view(self, entry: TensorEntry) -> torch.Tensor:
         return self._files[entry.file].tensor(entry.key)
@@ -112,6 +101,16 @@ class Checkpoint:
             return
         layer = self.layers.setdefault(int(match["index"]), {})
         layer[match["rest"]] = entry
+
+
+def _aligned(nbytes: int) -> int:
+    # Every tensor starts on a 64-byte boundary of the staging buffer, which
+    # any dtype view and vectorised kernel accepts.
+    return -(-nbytes // 64) * 64
+
+
+def _staged_size(entries) -> int:
+    return sum(_aligned(entry.nbytes) for entry in entries)
 
 
 def has_checkpoint(folder: Path) -> bool:

@@ -14,9 +14,19 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from engine.checkpoint import LayerRead
+import torch
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerRead:
+    """A streamed layer ready for the compute; ``release`` returns its buffer."""
+
+    tensors: dict[str, torch.Tensor]
+    nbytes: int
+    copied: torch.cuda.Event | None
+    release: Callable[[], None]
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,12 @@ from transformers.masking_utils import (
     create_sliding_window_causal_mask,
 )
 
-from engine.checkpoint import Checkpoint, LayerRead
+from engine.checkpoint import Checkpoint
 from engine.errors import ModelFileError
 from engine.packing import PACKED_ATTENTION, Pack, PackedCache
-from engine.prefetch import Prefetcher
+from engine.prefetch import LayerRead, Prefetcher
 from engine.skeleton import decoder_layers
+from engine.staging import DeviceCopier, StagingPool
 from engine.stats import SweepStats
 
 logger = logging.getLogger(__name__)
@@ -80,6 +81,10 @@ class ModelRunner:
         _check_layer_keys(self.layers, checkpoint)
         self._load_resident(checkpoint)
         streamed = [i for i in range(len(self.layers)) if i not in resident_layers]
+        # Queued, being read, being computed: that many buffers, never more.
+        buffers = prefetch_depth + 2 if streamed else 0
+        self._pool = StagingPool(buffers, checkpoint.max_layer_nbytes, device)
+        self._copier = DeviceCopier(device)
         self.prefetcher = Prefetcher(self._read_layer, streamed, prefetch_depth)
         self.layer_reads = 0
         self.last_sweep = SweepStats()
@@ -122,13 +127,12 @@ class ModelRunner:
         stats.bytes_streamed += read.nbytes
         self.layer_reads += 1
         try:
-            layer.load_state_dict(
-                self._on_device(read.tensors), strict=True, assign=True
-            )
+            DeviceCopier.wait(read.tensors, read.copied)
+            layer.load_state_dict(read.tensors, strict=True, assign=True)
             self._forward(index, layer, batch)
         finally:
-            # Back to meta, and the pages back to the kernel: only the layers in
-            # flight stay in the process, whatever the model's depth.
+            # Back to meta and the buffer back to the pool: only the layers in
+            # flight stay in memory, whatever the model's depth.
             layer.to("meta")
             read.release()
         stats.compute_s += time.perf_counter() - started
@@ -207,7 +211,18 @@ class ModelRunner:
         return out
 
     def _read_layer(self, index: int) -> LayerRead:
-        return self._checkpoint.read_layer(index, self.dtype)
+        """Runs on the prefetch thread: disk or page cache -> buffer -> device."""
+        buffer = self._pool.take()
+        try:
+            host = self._checkpoint.read_layer(index, self.dtype, buffer)
+            tensors, copied = self._copier.copy(host)
+        except BaseException:
+            self._pool.give(buffer, None)
+            raise
+        nbytes = self._checkpoint.layer_nbytes(index)
+        return LayerRead(
+            tensors, nbytes, copied, lambda: self._pool.give(buffer, copied)
+        )
 
     def _on_device(self, weights: Weights) -> Weights:
         return {key: t.to(self.device, non_blocking=True) for key, t in weights.items()}

@@ -139,11 +139,11 @@ def test_failed_layer_read_leaves_later_answers_intact(
     checkpoint = Checkpoint(folder)
     read_layer, failures = checkpoint.read_layer, [1]
 
-    def flaky_read(index: int, dtype: torch.dtype):
+    def flaky_read(index: int, dtype: torch.dtype, buffer: torch.Tensor):
         if failures and index == failures[0]:
             failures.pop()
             raise OSError("disk hiccup")
-        return read_layer(index, dtype)
+        return read_layer(index, dtype, buffer)
 
     checkpoint.read_layer = flaky_read
     options = EngineOptions(torch.device("cpu"), torch.float32)

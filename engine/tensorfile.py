@@ -1,10 +1,9 @@
-"""A safetensors file mapped into memory, read as zero-copy tensors.
+"""A safetensors file: its header, zero-copy views, and reads into buffers.
 
-Streaming a layer means: map its bytes into the process before it runs (on the
-prefetch thread, so the compute never waits for a page fault) and drop them
-from the process right after, so the process holds only the layers in flight.
-The file's pages stay in the kernel's page cache, which is what makes a warm
-sweep as fast as memory allows; nothing is copied.
+Resident parts are read once through a memory map. Streamed layers are read
+with ``preadv`` straight into reused staging buffers: one copy from the page
+cache (or the disk) into memory the process owns, with no allocation per layer
+and no page faults on the compute side.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import mmap
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,8 +27,6 @@ _DTYPES = {
     "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
-# Linux 5.14+: fills the page tables from the page cache without touching data.
-_POPULATE = getattr(mmap, "MADV_POPULATE_READ", 22)
 _HEADER_LIMIT = 100 << 20
 
 
@@ -47,13 +45,13 @@ class TensorInfo:
         return count
 
 
-class MappedSafetensors:
+class TensorFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         with path.open("rb") as handle:
             self.tensors = _read_header(handle, path)
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-        self._can_populate = True
+        self._fd = os.open(path, os.O_RDONLY)
 
     def tensor(self, key: str) -> torch.Tensor:
         info = self.tensors[key]
@@ -64,30 +62,20 @@ class MappedSafetensors:
         )
         return flat.view(info.shape)
 
-    def populate(self, keys: list[str]) -> None:
-        """Map these tensors' pages in now, reading them from disk if needed."""
-        for start, length in self._ranges(keys):
-            if self._can_populate:
-                try:
-                    self._map.madvise(_POPULATE, start, length)
-                    continue
-                except OSError:  # older kernels: ask for read-ahead instead
-                    self._can_populate = False
-            self._map.madvise(mmap.MADV_WILLNEED, start, length)
+    def read_into(self, key: str, out: torch.Tensor) -> None:
+        """Read one tensor's bytes into ``out`` (uint8, exactly its size)."""
+        info = self.tensors[key]
+        view = memoryview(out.numpy())
+        done = 0
+        while done < len(view):
+            count = os.preadv(self._fd, [view[done:]], info.start + done)
+            if count == 0:
+                raise ModelFileError(str(self.path), f"file ended inside {key}")
+            done += count
 
-    def release(self, keys: list[str]) -> None:
-        """Drop these tensors' pages from the process; the page cache keeps them."""
-        for start, length in self._ranges(keys):
-            self._map.madvise(mmap.MADV_DONTNEED, start, length)
-
-    def _ranges(self, keys: list[str]) -> list[tuple[int, int]]:
-        ranges = []
-        for key in keys:
-            info = self.tensors[key]
-            start = info.start - info.start % mmap.PAGESIZE
-            if info.end > start:
-                ranges.append((start, info.end - start))
-        return ranges
+    def close(self) -> None:
+        self._map.close()
+        os.close(self._fd)
 
 
 def _read_header(handle, path: Path) -> dict[str, TensorInfo]:
