@@ -79,6 +79,11 @@ class Engine:
         return self._scheduler.num_waiting
 
     @property
+    def num_preempted(self) -> int:
+        """Sequences that gave their KV cache back to make room, since start."""
+        return self._scheduler.num_preempted
+
+    @property
     def num_running(self) -> int:
         return len(self._scheduler.running)
 

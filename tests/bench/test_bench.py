@@ -12,6 +12,7 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.big_model import LlamaShape, tokenizer_vocab, write_random_llama
+from bench.big_run import default_budget
 from bench.cli import _fill_defaults, build_parser
 from bench.generate_worker import FirstTokenClock
 from bench.http_load import StreamResult, _content
@@ -27,8 +28,8 @@ from bench.results import (
     Report,
     Row,
 )
-from bench.server_process import ServerSpec, _is_unknown_flag
-from bench.side_by_side import budgets
+from bench.server_process import Budget, is_unknown_flag
+from bench.side_by_side import RunOptions, setups
 from bench.table import render
 from bench.targets import evaluate
 
@@ -138,20 +139,51 @@ def test_same_text_accepts_a_shorter_prefix() -> None:
     assert "| yes |" in next(line for line in table.splitlines() if "airllm" in line)
 
 
-def test_budgets_are_a_fraction_and_twice_the_weights() -> None:
-    part, full = budgets(538_000_000, 0.25)
-    assert (part.max_memory, full.max_memory) == ("135MB", "1076MB")
+def _run_options(fraction: float = 0.25) -> RunOptions:
+    return RunOptions(
+        folder=Path("model"),
+        home=Path("home"),
+        tokens=32,
+        streams=16,
+        budget_fraction=fraction,
+        memory_flag="--max-memory",
+        kv_flag="--kv-memory",
+        offload_max_memory="150MB",
+        airllm_python=None,
+        airllm_tokens=4,
+        skip=frozenset(),
+        timeout_s=60.0,
+    )
+
+
+def test_small_budget_is_the_weights_fraction_plus_the_kv_cache() -> None:
+    part, _ = setups(_run_options(0.25), 538_000_000, 66_000_000)
+    assert part.spec.budget == Budget("201MB", "66MB")
+
+
+def test_all_resident_budget_holds_twice_the_weights_plus_the_kv_cache() -> None:
+    _, full = setups(_run_options(), 538_000_000, 66_000_000)
+    assert full.spec.budget.max_memory == "1142MB"
+
+
+def test_budget_flags_name_both_shares() -> None:
+    flags = Budget("201MB", "66MB").flags()
+    assert flags == ["--max-memory", "201MB", "--kv-memory", "66MB"]
+
+
+def test_big_default_budget_is_far_below_a_7b_model() -> None:
+    shape = LlamaShape()
+    budget_bytes = int(default_budget(shape, 4).max_memory.removesuffix("MB")) * 10**6
+    assert budget_bytes < shape.parameters * 4 / 5
 
 
 def test_unknown_budget_flag_is_recognised_in_argparse_error() -> None:
-    spec = ServerSpec(Path("m"), Path("h"), 16, "135MB")
     message = "server exited (2): error: unrecognized arguments: --max-memory 135MB"
-    assert _is_unknown_flag(message, spec)
+    assert is_unknown_flag(message, Budget("135MB"))
 
 
 def test_a_bad_budget_value_is_not_taken_for_an_unknown_flag() -> None:
-    spec = ServerSpec(Path("m"), Path("h"), 16, "135MB")
-    assert not _is_unknown_flag("invalid setting max_memory: too small", spec)
+    assert not is_unknown_flag("invalid setting max_memory: too small", Budget("1MB"))
 
 
 def test_first_token_clock_ignores_the_prompt() -> None:
