@@ -162,7 +162,14 @@ class Engine:
                 s for s in self._scheduler.running if not s.is_done
             ]
             return
-        self.totals.add(self.runner.last_sweep)
+        sweep = self.runner.last_sweep
+        self.totals.add(sweep)
+        logger.debug(
+            "sweep %d: %d sequences, %d tokens, %d bytes streamed, "
+            "%.1f ms waiting for weights, %.1f ms computing",
+            self.totals.sweeps, sweep.sequences, sweep.tokens, sweep.bytes_streamed,
+            sweep.wait_s * 1e3, sweep.compute_s * 1e3,
+        )  # fmt: skip
         for slot, row in zip(slots, logits, strict=True):
             self._after_sweep(slot, row)
         self._scheduler.running = [s for s in self._scheduler.running if not s.is_done]

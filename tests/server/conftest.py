@@ -20,6 +20,7 @@ from engine.request import (
     RequestHandle,
     TokenEvent,
 )
+from engine.stats import EngineTotals
 from server.app import create_app
 from server.settings import Settings
 
@@ -33,6 +34,8 @@ class FakeEngine:
     created = 1_700_000_000
     is_alive = True
     plan: dict[str, object] = {}
+    num_running = num_waiting = num_preempted = 0
+    totals = EngineTotals()
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer

@@ -61,3 +61,9 @@ def test_health_is_ok(client: TestClient) -> None:
     response = client.get("/health")
 
     assert (response.status_code, response.json()) == (200, {"status": "ok"})
+
+
+def test_stats_report_the_engine_counters(client: TestClient) -> None:
+    body = client.get("/stats").json()
+    assert body["totals"]["sweeps"] == 0
+    assert {"running", "waiting", "preempted", "residency"} <= body.keys()
