@@ -79,6 +79,7 @@ class ModelRunner:
         self._mask_config = _use_packed_attention(self.config)
 
         _check_layer_keys(self.layers, checkpoint)
+        self._slots = [WeightSlots(layer) for layer in self.layers]
         self._load_resident(checkpoint)
         streamed = [i for i in range(len(self.layers)) if i not in resident_layers]
         # Queued, being read, being computed: that many buffers, never more.
@@ -126,14 +127,15 @@ class ModelRunner:
         stats.layers_streamed += 1
         stats.bytes_streamed += read.nbytes
         self.layer_reads += 1
+        slots = self._slots[index]
         try:
             DeviceCopier.wait(read.tensors, read.copied)
-            layer.load_state_dict(read.tensors, strict=True, assign=True)
+            slots.fill(read.tensors)
             self._forward(index, layer, batch)
         finally:
             # Back to meta and the buffer back to the pool: only the layers in
             # flight stay in memory, whatever the model's depth.
-            layer.to("meta")
+            slots.empty()
             read.release()
         stats.compute_s += time.perf_counter() - started
 
@@ -245,6 +247,30 @@ class ModelRunner:
                 self._on_device(owned), strict=True, assign=True
             )
         _move_buffers(self.model, self.device)
+
+
+class WeightSlots:
+    """Puts a streamed layer's weights into its modules, and takes them out.
+
+    ``load_state_dict`` walks and checks the module tree on every call, which
+    costs more than a small layer's compute; the places are found once here
+    (the checkpoint's keys were checked against them at start-up).
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        self._places = [
+            (layer.get_submodule(owner), leaf, key, param)
+            for key, param in layer.named_parameters()
+            for owner, _, leaf in [key.rpartition(".")]
+        ]
+
+    def fill(self, weights: Weights) -> None:
+        for module, leaf, key, _ in self._places:
+            module._parameters[leaf] = nn.Parameter(weights[key], requires_grad=False)
+
+    def empty(self) -> None:
+        for module, leaf, _, meta in self._places:
+            module._parameters[leaf] = meta
 
 
 def _use_packed_attention(config: PretrainedConfig) -> PretrainedConfig:
