@@ -86,7 +86,7 @@ def _plan(
         checkpoint.resident_numel * itemsize,
         layers,
         kv or 0,
-        options.prefetch_depth + 1,
+        options.prefetch_depth + 2,  # the staging buffers of the runner
     )
 
 

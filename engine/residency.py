@@ -111,8 +111,8 @@ def plan_residency(
         room = budget - fixed_bytes - kv_bytes
         if room < 0:
             raise BudgetTooSmallError(
-                f"a budget of {budget} bytes cannot hold the embeddings, norm and "
-                f"head ({fixed_bytes} bytes) plus the KV cache ({kv_bytes} bytes)"
+                f"a budget of {_mb(budget)} cannot hold the embeddings, norm and "
+                f"head ({_mb(fixed_bytes)}) plus the KV cache ({_mb(kv_bytes)})"
             )
         resident = _fit(room, layer_bytes, in_flight_layers)
     return ResidencyPlan(
@@ -137,3 +137,7 @@ def _fit(room: int, layer_bytes: list[int], in_flight: int) -> set[int]:
         resident.add(index)
         room -= size
     return resident
+
+
+def _mb(count: int) -> str:
+    return f"{count / 1e6:.1f} MB"
