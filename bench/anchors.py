@@ -76,7 +76,7 @@ def airllm_row(folder: Path, python: str | None, tokens: int, timeout_s: float) 
         # No warm-up: at a few seconds per token it would double the stage.
         spec = _spec("airllm", copy, 1, tokens, warmup_tokens=0)
         row = _measure(row, python, spec, timeout_s)
-    row.note = "fewer tokens: about 0.1 tokens/s; load includes splitting"
+    row.note = "fewer tokens and no warm-up: AirLLM runs at about 0.1 tokens/s"
     return row
 
 

@@ -31,7 +31,14 @@ from bench.physical import (
     matmul_rate,
     page_cache_read_bandwidth,
 )
-from bench.server_process import Budget, ServerFailed, ServerSpec, start_server
+from bench.server_process import (
+    Budget,
+    Residency,
+    ServerFailed,
+    ServerSpec,
+    fetch_residency,
+    start_server,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,13 +55,13 @@ class NotEnoughDisk(Exception):
 
 @dataclass(frozen=True)
 class BigOptions:
-    shape: LlamaShape
+    shape: LlamaShape  # with the tokenizer's vocabulary
     dtype: torch.dtype
     tokenizer_folder: Path
     home: Path
     folder: Path | None  # kept and reused when given
     tokens: int
-    budget: Budget | None  # None: default_budget
+    budget: Budget
     timeout_s: float
 
 
@@ -177,8 +184,7 @@ def _measure_reading(files: tuple[Path, ...], report: BigReport) -> None:
 
 
 def _serve(folder: Path, options: BigOptions, report: BigReport) -> None:
-    budget = options.budget or default_budget(options.shape, options.tokens)
-    spec = ServerSpec(folder, options.home, 1, budget)
+    spec = ServerSpec(folder, options.home, 1, options.budget)
     report.notes.append(f"page cache: {drop_file_cache(weight_files(folder))}")
     try:
         server = start_server(spec, options.timeout_s)
@@ -186,8 +192,7 @@ def _serve(folder: Path, options: BigOptions, report: BigReport) -> None:
         report.error = f"server did not start: {error}"
         return
     report.max_memory = None if server.budget is None else server.budget.max_memory
-    if server.note:
-        report.notes.append(server.note)
+    _note_residency(fetch_residency(server.base_url), options, report)
     try:
         with MemoryWatch(server.pid) as watch:
             _generate(server.base_url, options, report)
@@ -196,6 +201,18 @@ def _serve(folder: Path, options: BigOptions, report: BigReport) -> None:
         report.peak_anon_bytes = peaks.anon_bytes
     finally:
         server.stop()
+
+
+def _note_residency(
+    residency: Residency | None, options: BigOptions, report: BigReport
+) -> None:
+    """Streamed bytes as stored, for the layers the server actually streams."""
+    if residency is None:
+        report.notes.append("the server did not report its plan: all layers counted")
+        return
+    report.notes.append(residency.describe())
+    layer_bytes = options.shape.layer_parameters * _itemsize(options.dtype)
+    report.streamed_bytes = residency.streamed_layers * layer_bytes
 
 
 def _generate(base_url: str, options: BigOptions, report: BigReport) -> None:

@@ -18,8 +18,14 @@ from typing import Any
 
 import torch
 
-from bench.big_model import LlamaShape
-from bench.big_run import BigOptions, BigReport, NotEnoughDisk, run_big
+from bench.big_model import LlamaShape, tokenizer_vocab
+from bench.big_run import (
+    BigOptions,
+    BigReport,
+    NotEnoughDisk,
+    default_budget,
+    run_big,
+)
 from bench.big_table import render_big
 from bench.results import Report, row_as_dict
 from bench.server_process import Budget
@@ -48,8 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     add("--streams", type=int, default=16, help="concurrent streams and batch size")
     add("--quick", action="store_true", help="fewer tokens and layers, for a try")
     add("--budget-fraction", type=float, default=0.25, help="small budget's share")
-    add("--memory-flag", default="--max-memory", help="the server's budget flag")
-    add("--kv-flag", default="--kv-memory", help="the server's KV budget flag")
     add("--offload-max-memory", default="150MB", help="accelerate's CPU budget")
     add("--airllm-python", help="python of a venv where airllm==4.0.0 is installed")
     add("--airllm-tokens", type=int, help="tokens for AirLLM (default 4)")
@@ -107,8 +111,6 @@ def _side_by_side(args: argparse.Namespace, home: Path) -> int:
         tokens=args.tokens,
         streams=args.streams,
         budget_fraction=args.budget_fraction,
-        memory_flag=args.memory_flag,
-        kv_flag=args.kv_flag,
         offload_max_memory=args.offload_max_memory,
         airllm_python=args.airllm_python,
         airllm_tokens=args.airllm_tokens,
@@ -124,14 +126,17 @@ def _side_by_side(args: argparse.Namespace, home: Path) -> int:
 
 
 def _big(args: argparse.Namespace, home: Path) -> int:
+    tokenizer_folder = _model_folder(None, home)
+    vocab = tokenizer_vocab(tokenizer_folder)
+    shape = LlamaShape(layers=args.big_layers, vocab=vocab)
     options = BigOptions(
-        shape=LlamaShape(layers=args.big_layers),
+        shape=shape,
         dtype=getattr(torch, args.big_dtype),
-        tokenizer_folder=_model_folder(None, home),
+        tokenizer_folder=tokenizer_folder,
         home=home,
         folder=args.big_dir,
         tokens=args.big_tokens,
-        budget=_big_budget(args),
+        budget=_big_budget(args, shape),
         timeout_s=args.stage_timeout,
     )
     try:
@@ -145,10 +150,10 @@ def _big(args: argparse.Namespace, home: Path) -> int:
     return 0
 
 
-def _big_budget(args: argparse.Namespace) -> Budget | None:
-    if args.big_max_memory is None:
-        return None
-    return Budget(args.big_max_memory, None, args.memory_flag, args.kv_flag)
+def _big_budget(args: argparse.Namespace, shape: LlamaShape) -> Budget:
+    if args.big_max_memory is not None:
+        return Budget(args.big_max_memory, None)
+    return default_budget(shape, args.big_tokens)
 
 
 def _model_folder(model: Path | None, home: Path) -> Path:

@@ -13,7 +13,13 @@ from dataclasses import dataclass
 from bench.http_load import LOAD_ERRORS, LoadResult, run_load
 from bench.memory import MemoryWatch
 from bench.results import Row
-from bench.server_process import RunningServer, ServerFailed, ServerSpec, start_server
+from bench.server_process import (
+    RunningServer,
+    ServerFailed,
+    ServerSpec,
+    fetch_residency,
+    start_server,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +76,8 @@ def _measure_all(
 
 def _measure(server: RunningServer, row: Row, tokens: int, timeout_s: float) -> None:
     row.max_memory = None if server.budget is None else server.budget.max_memory
-    row.note = server.note
+    residency = fetch_residency(server.base_url)
+    row.note = residency.describe() if residency else ""
     try:
         load = run_load(server.base_url, row.streams, tokens, timeout_s)
     except LOAD_ERRORS as error:

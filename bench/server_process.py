@@ -37,13 +37,11 @@ class Budget:
 
     max_memory: str  # e.g. "201MB": weights and KV cache
     kv_memory: str | None = None  # the KV cache's share; None: the server's default
-    memory_flag: str = "--max-memory"
-    kv_flag: str = "--kv-memory"
 
     def flags(self) -> list[str]:
-        flags = [self.memory_flag, self.max_memory]
+        flags = ["--max-memory", self.max_memory]
         if self.kv_memory is not None:
-            flags += [self.kv_flag, self.kv_memory]
+            flags += ["--kv-memory", self.kv_memory]
         return flags
 
 
@@ -60,8 +58,7 @@ class RunningServer:
     process: subprocess.Popen
     base_url: str
     log_path: Path
-    budget: Budget | None  # the budget actually applied
-    note: str = ""
+    budget: Budget | None
 
     @property
     def pid(self) -> int:
@@ -78,25 +75,36 @@ class RunningServer:
         self.log_path.unlink(missing_ok=True)
 
 
-def start_server(spec: ServerSpec, timeout_s: float) -> RunningServer:
-    """A healthy server; without the budget flags if this server does not know them."""
+@dataclass(frozen=True)
+class Residency:
+    resident_layers: int
+    streamed_layers: int
+    streamed_bytes_per_sweep: int  # in the compute dtype
+
+    def describe(self) -> str:
+        layers = self.resident_layers + self.streamed_layers
+        per_sweep = self.streamed_bytes_per_sweep / 1e6
+        return (
+            f"{self.resident_layers}/{layers} layers resident, "
+            f"{per_sweep:.0f} MB streamed per sweep"
+        )
+
+
+def fetch_residency(base_url: str) -> Residency | None:
+    """What the server keeps resident and streams, from its model card if told."""
     try:
-        return _start(spec, spec.budget, timeout_s)
-    except ServerFailed as error:
-        if spec.budget is None or not is_unknown_flag(str(error), spec.budget):
-            raise
-    note = "server refused the budget flags; ran with its default budget"
-    logger.warning(note)
-    server = _start(spec, None, timeout_s)
-    server.note = note
-    return server
-
-
-def is_unknown_flag(message: str, budget: Budget) -> bool:
-    """Whether argparse refused one of the budget's flags (an older server)."""
-    if "unrecognized arguments" not in message:
-        return False
-    return budget.memory_flag in message or budget.kv_flag in message
+        card = httpx.get(f"{base_url}/v1/models/{SERVED_NAME}", timeout=10.0).json()
+    except (httpx.HTTPError, ValueError):
+        return None
+    plan = card.get("residency") or {}
+    try:
+        return Residency(
+            len(plan["resident_layers"]),
+            len(plan["streamed_layers"]),
+            plan["streamed_bytes_per_sweep"],
+        )
+    except (KeyError, TypeError):
+        return None
 
 
 def free_port() -> int:
@@ -105,9 +113,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start(spec: ServerSpec, budget: Budget | None, timeout_s: float) -> RunningServer:
+def start_server(spec: ServerSpec, timeout_s: float) -> RunningServer:
+    """A healthy server, started with the spec's budget flags."""
     port = free_port()
-    command = _command(spec, port, budget)
+    command = _command(spec, port)
     logger.info("starting %s", " ".join(command))
     log = tempfile.NamedTemporaryFile(
         prefix="bench-server-", suffix=".log", delete=False
@@ -120,7 +129,8 @@ def _start(spec: ServerSpec, budget: Budget | None, timeout_s: float) -> Running
             cwd=tempfile.gettempdir(),
             env=_clean_environment(),
         )
-    server = RunningServer(process, f"http://127.0.0.1:{port}", Path(log.name), budget)
+    base_url = f"http://127.0.0.1:{port}"
+    server = RunningServer(process, base_url, Path(log.name), spec.budget)
     try:
         _wait_healthy(server, timeout_s)
     except BaseException:
@@ -129,7 +139,7 @@ def _start(spec: ServerSpec, budget: Budget | None, timeout_s: float) -> Running
     return server
 
 
-def _command(spec: ServerSpec, port: int, budget: Budget | None) -> list[str]:
+def _command(spec: ServerSpec, port: int) -> list[str]:
     command = [
         sys.executable,
         "-m",
@@ -143,7 +153,7 @@ def _command(spec: ServerSpec, port: int, budget: Budget | None) -> list[str]:
         *("--device", "cpu"),
         *("--log-level", "warning"),
     ]
-    return command if budget is None else command + budget.flags()
+    return command if spec.budget is None else command + spec.budget.flags()
 
 
 def _clean_environment() -> dict[str, str]:

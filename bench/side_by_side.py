@@ -40,8 +40,6 @@ class RunOptions:
     tokens: int
     streams: int
     budget_fraction: float
-    memory_flag: str
-    kv_flag: str
     offload_max_memory: str
     airllm_python: str | None
     airllm_tokens: int
@@ -97,18 +95,17 @@ def machine_info() -> dict[str, object]:
 def _stages(
     options: RunOptions, size: ModelSize, report: Report
 ) -> dict[str, Callable[[], list[Row]]]:
-    o = options
+    folder, tokens, timeout_s = options.folder, options.tokens, options.timeout_s
+    offload_memory, airllm = options.offload_max_memory, options.airllm_python
     return {
         "limits": lambda: _limits(size, report),
         "transformers": lambda: transformers_rows(
-            o.folder, o.tokens, o.streams, o.timeout_s
+            folder, tokens, options.streams, timeout_s
         ),
-        "offload": lambda: [
-            offload_row(o.folder, o.tokens, o.offload_max_memory, o.timeout_s)
-        ],
+        "offload": lambda: [offload_row(folder, tokens, offload_memory, timeout_s)],
         "layerstream": lambda: _layerstream(options, size),
         "airllm": lambda: [
-            airllm_row(o.folder, o.airllm_python, o.airllm_tokens, o.timeout_s)
+            airllm_row(folder, airllm, options.airllm_tokens, timeout_s)
         ],
     }
 
@@ -129,8 +126,6 @@ def _layerstream(options: RunOptions, size: ModelSize) -> list[Row]:
 
 
 def _setup(options: RunOptions, name: str, label: str, budget: Budget) -> Setup:
-    flags = {"memory_flag": options.memory_flag, "kv_flag": options.kv_flag}
-    budget = replace(budget, **flags)
     spec = ServerSpec(options.folder, options.home, options.streams, budget)
     return Setup(name, f"{label} ({budget.max_memory})", spec)
 

@@ -30,7 +30,8 @@ def render(report: Report, targets: list[Target]) -> str:
     if report.limits is not None:
         parts.append(_limits_table(report.limits, report.streams))
     parts.append(_targets_table(targets))
-    parts.extend(f"- {note}" for note in report.notes)
+    if report.notes:
+        parts.append("\n".join(f"- {note}" for note in report.notes))
     return "\n\n".join(parts) + "\n"
 
 

@@ -67,11 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flags(serve_parser, SERVE_FLAGS)
     pull_parser = commands.add_parser("pull", help="fetch the default model")
     _add_flags(pull_parser, PULL_FLAGS)
-    bench_parser = commands.add_parser(
-        "bench", help="measure against the anchors (layerstream bench --help)",
-        add_help=False,
-    )  # fmt: skip
-    bench_parser.add_argument("bench_args", nargs=argparse.REMAINDER)
+    # Listed for --help only; main() hands "bench ..." over before parsing.
+    commands.add_parser("bench", help="measure against the anchors (bench --help)")
     return parser
 
 
@@ -85,13 +82,14 @@ def _add_flags(
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "bench":
-        # Imported here: the benchmark pulls in its anchors, which serving does
-        # not need.
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["bench"]:
+        # The benchmark parses its own flags. Imported here: it pulls in its
+        # anchors, which serving does not need.
         from bench.cli import main as bench_main
 
-        return bench_main(args.bench_args)
+        return bench_main(argv[1:])
+    args = build_parser().parse_args(argv)
     overrides = {key: value for key, value in vars(args).items() if key != "command"}
     command = serve if args.command == "serve" else pull
     try:

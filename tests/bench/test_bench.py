@@ -28,7 +28,7 @@ from bench.results import (
     Report,
     Row,
 )
-from bench.server_process import Budget, is_unknown_flag
+from bench.server_process import Budget
 from bench.side_by_side import RunOptions, setups
 from bench.table import render
 from bench.targets import evaluate
@@ -146,8 +146,6 @@ def _run_options(fraction: float = 0.25) -> RunOptions:
         tokens=32,
         streams=16,
         budget_fraction=fraction,
-        memory_flag="--max-memory",
-        kv_flag="--kv-memory",
         offload_max_memory="150MB",
         airllm_python=None,
         airllm_tokens=4,
@@ -175,15 +173,6 @@ def test_big_default_budget_is_far_below_a_7b_model() -> None:
     shape = LlamaShape()
     budget_bytes = int(default_budget(shape, 4).max_memory.removesuffix("MB")) * 10**6
     assert budget_bytes < shape.parameters * 4 / 5
-
-
-def test_unknown_budget_flag_is_recognised_in_argparse_error() -> None:
-    message = "server exited (2): error: unrecognized arguments: --max-memory 135MB"
-    assert is_unknown_flag(message, Budget("135MB"))
-
-
-def test_a_bad_budget_value_is_not_taken_for_an_unknown_flag() -> None:
-    assert not is_unknown_flag("invalid setting max_memory: too small", Budget("1MB"))
 
 
 def test_first_token_clock_ignores_the_prompt() -> None:
