@@ -11,6 +11,8 @@ exactly the attention it would see alone.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -67,15 +69,35 @@ def packed_attention(
 ) -> tuple[torch.Tensor, None]:
     """Attention per sequence, packed again: ``[1, tokens, heads, dim]``."""
     kind = pack.layer_types[module.layer_idx]
-    outputs = []
-    for span, (keys, values), masks in zip(
-        pack.spans, pack.current, pack.masks, strict=True
-    ):
-        out, _ = sdpa_attention_forward(
-            module, query[:, :, span], keys, values, masks[kind], **kwargs
+    outputs: list[torch.Tensor | None] = [None] * len(pack.spans)
+    decoding = [i for i, span in enumerate(pack.spans) if span.stop - span.start == 1]
+    prompts = [i for i in range(len(pack.spans)) if i not in set(decoding)]
+
+    def attend(i: int) -> None:
+        keys, values = pack.current[i]
+        query_i = query[:, :, pack.spans[i]]
+        outputs[i], _ = sdpa_attention_forward(
+            module, query_i, keys, values, pack.masks[i][kind], **kwargs
         )
-        outputs.append(out)
+
+    for i in prompts:
+        attend(i)
+    # A one-token attention is too small to split across threads: the fork and
+    # join of the thread pool cost more than the work, many times per sweep.
+    with _single_threaded():
+        for i in decoding:
+            attend(i)
     return torch.cat(outputs, dim=1), None
+
+
+@contextlib.contextmanager
+def _single_threaded() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 AttentionInterface.register(PACKED_ATTENTION, packed_attention)
