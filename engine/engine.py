@@ -47,6 +47,7 @@ class Engine:
         options: EngineOptions,
         stop_token_ids: frozenset[int],
         kv_tokens: int | None = None,
+        worker_thread: bool = True,
     ) -> None:
         self.model_id = model_id
         self.tokenizer = tokenizer
@@ -65,10 +66,13 @@ class Engine:
             runner.new_cache,
         )
         self._stopping = threading.Event()
-        self._worker = threading.Thread(
-            target=self._loop, name="layerstream-worker", daemon=True
-        )
-        self._worker.start()
+        self._has_exited = False
+        self._worker: threading.Thread | None = None
+        if worker_thread:
+            self._worker = threading.Thread(
+                target=self.run, name="layerstream-worker", daemon=True
+            )
+            self._worker.start()
 
     @property
     def num_sweeps(self) -> int:
@@ -89,7 +93,7 @@ class Engine:
 
     @property
     def is_alive(self) -> bool:
-        return self._worker.is_alive() and not self._stopping.is_set()
+        return not self._has_exited and not self._stopping.is_set()
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         if self._stopping.is_set():
@@ -106,9 +110,14 @@ class Engine:
         self._scheduler.add(sequence)
         return handle
 
-    def shutdown(self) -> None:
+    def stop(self) -> None:
+        """Ask the loop to end after the current sweep; safe from any thread."""
         self._stopping.set()
-        self._worker.join()
+
+    def shutdown(self) -> None:
+        self.stop()
+        if self._worker is not None:
+            self._worker.join()
         self.runner.close()
 
     def _check(self, request: GenerationRequest) -> None:
@@ -127,13 +136,7 @@ class Engine:
         if request.params.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
 
-    @property
-    def _token_limit(self) -> int:
-        """Longest sequence: the model's context, or the KV budget if smaller."""
-        return min(self.context_length, self._scheduler.kv_tokens)
-
     def _loop(self) -> None:
-        logger.info("worker started")
         with torch.inference_mode():
             while not self._stopping.is_set():
                 try:
@@ -144,6 +147,23 @@ class Engine:
                     logger.exception("worker iteration failed")
                     self._fail(self._scheduler.running, error)
                     self._scheduler.running = []
+
+    @property
+    def _token_limit(self) -> int:
+        """Longest sequence: the model's context, or the KV budget if smaller."""
+        return min(self.context_length, self._scheduler.kv_tokens)
+
+    def run(self) -> None:
+        """The worker loop, on the calling thread, until ``stop``.
+
+        The server runs it on the main thread: torch's thread pool answers
+        small operations there markedly faster than on a second thread.
+        """
+        logger.info("worker started")
+        try:
+            self._loop()
+        finally:
+            self._has_exited = True
         self._fail(self._scheduler.drain(), EngineStoppedError("the engine stopped"))
         logger.info("worker stopped")
 

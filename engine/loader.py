@@ -39,7 +39,10 @@ class ModelFolder:
     path: Path
 
 
-def open_engine(model: str | None, options: EngineOptions) -> Engine:
+def open_engine(
+    model: str | None, options: EngineOptions, worker_thread: bool = True
+) -> Engine:
+    """Load the model; the loop runs on a thread of its own unless told not to."""
     check_transformers()
     folder = resolve_model(model, options.home)
     config = _load_config(folder.path)
@@ -58,7 +61,9 @@ def open_engine(model: str | None, options: EngineOptions) -> Engine:
     _log_plan(folder, plan, options)
     stops = _stop_token_ids(config, tokenizer, folder.path)
     kv_tokens = plan.kv_bytes // kv_per_token if plan.kv_bytes else None
-    engine = Engine(folder.model_id, tokenizer, runner, options, stops, kv_tokens)
+    engine = Engine(
+        folder.model_id, tokenizer, runner, options, stops, kv_tokens, worker_thread
+    )
     engine.plan = plan.describe()
     return engine
 

@@ -71,7 +71,8 @@ class Prefetcher:
 
     def close(self) -> None:
         self._closed.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
 
     def _run(self) -> None:
         while not self._closed.is_set():

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import socket
 import sys
+import threading
 from typing import Any
 
 import uvicorn
@@ -18,7 +20,7 @@ from fastapi import FastAPI
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
-from engine import open_engine
+from engine import Engine, open_engine
 from engine.errors import LayerstreamError
 from engine.store import pull_default_model
 from server.app import create_app
@@ -113,18 +115,46 @@ def serve(overrides: dict[str, Any]) -> int:
     configure_logging(settings.log_level)
     # Claim the port before the model loads, which can take minutes.
     with claim_port(settings.host, settings.port) as listener:
-        engine = open_engine(settings.model, engine_options(settings))
+        engine = open_engine(
+            settings.model, engine_options(settings), worker_thread=False
+        )
         # Logged only once the model opened, so that a start-up failure stays
         # the one line on stderr that names its cause.
         logger.info("settings: %s", settings.model_dump(mode="json"))
+        server = make_server(create_app(settings, engine), settings)
+        http = threading.Thread(
+            target=_serve_http, args=(server, listener, engine), name="layerstream-http"
+        )
+        stop_on_signals(server, engine)
+        http.start()
+        # The engine's loop takes the main thread (see Engine.run); the HTTP
+        # side, which does no torch work, runs beside it.
         try:
-            run_server(create_app(settings, engine), listener, settings)
-        except KeyboardInterrupt:
-            # uvicorn shuts down cleanly on Ctrl-C, then raises it again.
-            logger.info("interrupted; stopping")
+            engine.run()
         finally:
+            server.should_exit = True
+            http.join()
             engine.shutdown()
     return 0
+
+
+def _serve_http(
+    server: uvicorn.Server, listener: socket.socket, engine: Engine
+) -> None:
+    try:
+        server.run(sockets=[listener])
+    finally:
+        engine.stop()  # without its HTTP side the engine has no one to serve
+
+
+def stop_on_signals(server: uvicorn.Server, engine: Engine) -> None:
+    def stop(signum: int, _frame: object) -> None:
+        logger.info("%s received; stopping", signal.Signals(signum).name)
+        server.should_exit = True
+        engine.stop()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, stop)
 
 
 def pull(overrides: dict[str, Any]) -> int:
@@ -148,7 +178,7 @@ def claim_port(host: str, port: int) -> socket.socket:
     return listener
 
 
-def run_server(app: FastAPI, listener: socket.socket, settings: Settings) -> None:
+def make_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -158,7 +188,7 @@ def run_server(app: FastAPI, listener: socket.socket, settings: Settings) -> Non
         access_log=False,  # the app logs one line per request itself
     )
     logger.info("listening on http://%s:%d/v1", settings.host, settings.port)
-    uvicorn.Server(config).run(sockets=[listener])
+    return uvicorn.Server(config)
 
 
 def configure_logging(level: str) -> None:

@@ -29,11 +29,11 @@ def busy_port() -> Iterator[int]:
         yield holder.getsockname()[1]
 
 
-def _refuse_to_open(model: str | None, options: Any) -> None:
+def _refuse_to_open(model: str | None, options: Any, **_: Any) -> None:
     raise ModelFileError(str(model), "no such file")
 
 
-def _must_not_open(model: str | None, options: Any) -> None:
+def _must_not_open(model: str | None, options: Any, **_: Any) -> None:
     pytest.fail("the model was loaded although the port was taken")
 
 

@@ -78,13 +78,14 @@ def _wait_until_healthy(process: subprocess.Popen[bytes], port: int, log: Path) 
     pytest.fail(f"the server did not answer /health in {START_TIMEOUT_S} s")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def _stop(process: subprocess.Popen[bytes]) -> int:
     process.terminate()
     try:
-        process.wait(timeout=STOP_TIMEOUT_S)
+        return process.wait(timeout=STOP_TIMEOUT_S)
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+        return -1
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +108,9 @@ def server_port(
         _wait_until_healthy(process, port, log)
         yield port
     finally:
-        _stop(process)
+        code = _stop(process)
+    # SIGTERM stops the server cleanly, after all it served.
+    assert code == 0, log.read_text()
 
 
 @pytest.fixture(scope="module")
