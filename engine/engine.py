@@ -207,8 +207,6 @@ class Engine:
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
         token = sample_next(logits, sequence.request.params, sequence.generator)
-        if sequence.first_token_at is None:
-            sequence.first_token_at = time.monotonic()
         if token in self._stop_token_ids:
             self._finish(sequence, "stop")
             return

@@ -70,8 +70,9 @@ def packed_attention(
     """Attention per sequence, packed again: ``[1, tokens, heads, dim]``."""
     kind = pack.layer_types[module.layer_idx]
     outputs: list[torch.Tensor | None] = [None] * len(pack.spans)
-    decoding = [i for i, span in enumerate(pack.spans) if span.stop - span.start == 1]
-    prompts = [i for i in range(len(pack.spans)) if i not in set(decoding)]
+    is_one_token = [span.stop - span.start == 1 for span in pack.spans]
+    decoding = [i for i, one in enumerate(is_one_token) if one]
+    prompts = [i for i, one in enumerate(is_one_token) if not one]
 
     def attend(i: int) -> None:
         keys, values = pack.current[i]

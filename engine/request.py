@@ -25,10 +25,6 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
-    @property
-    def is_greedy(self) -> bool:
-        return self.temperature == 0.0
-
 
 @dataclass(frozen=True)
 class GenerationRequest:

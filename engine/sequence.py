@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import torch
@@ -29,8 +28,6 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
     num_cached: int = 0  # tokens already in the KV cache
-    submitted_at: float = field(default_factory=time.monotonic)
-    first_token_at: float | None = None
 
     @property
     def request_id(self) -> str:
