@@ -97,6 +97,8 @@ def server_port(
     port = _free_port()
     command = [sys.executable, "-m", "server", "serve"]
     command += ["--port", str(port), "--max-batch", "4"]
+    # A budget below the model's 538 MB: some layers resident, the rest streamed.
+    command += ["--max-memory", "300MB", "--kv-memory", "50MB"]
     log = folder / "stderr.log"
     # A file, not a pipe: a pipe nobody reads blocks the server once it fills.
     with log.open("wb") as stderr:
