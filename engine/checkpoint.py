@@ -78,6 +78,19 @@ class Checkpoint:
     def max_layer_nbytes(self) -> int:
         return max((_staged_size(e.values()) for e in self.layers.values()), default=0)
 
+    def is_stored_as(self, index: int, dtype: torch.dtype) -> bool:
+        return all(
+            self._info(entry).dtype == dtype for entry in self.layers[index].values()
+        )
+
+    def map_layer(self, index: int) -> dict[str, torch.Tensor]:
+        """A layer in place in the mapped files, its pages mapped in now."""
+        tensors = {}
+        for key, entry in self.layers[index].items():
+            self._files[entry.file].populate(entry.key)
+            tensors[key] = self._view(entry)
+        return tensors
+
     def read_layer(
         self, index: int, dtype: torch.dtype, buffer: torch.Tensor
     ) -> dict[str, torch.Tensor]:
@@ -86,10 +99,13 @@ class Checkpoint:
         for key, entry in self.layers[index].items():
             slot = buffer[offset : offset + entry.nbytes]
             self._files[entry.file].read_into(entry.key, slot)
-            info = self._files[entry.file].tensors[entry.key]
+            info = self._info(entry)
             tensors[key] = _typed(slot.view(info.dtype).view(info.shape), dtype)
             offset += _aligned(entry.nbytes)
         return tensors
+
+    def _info(self, entry: TensorEntry):  # -> engine.tensorfile.TensorInfo
+        return self._files[entry.file].tensors[entry.key]
 
     def _view(self, entry: TensorEntry) -> torch.Tensor:
         return self._files[entry.file].tensor(entry.key)

@@ -82,8 +82,14 @@ class ModelRunner:
         self._slots = [WeightSlots(layer) for layer in self.layers]
         self._load_resident(checkpoint)
         streamed = [i for i in range(len(self.layers)) if i not in resident_layers]
+        # On the CPU a layer stored in the compute dtype needs no copy at all.
+        self.in_place_layers = {
+            i for i in streamed
+            if device.type == "cpu" and checkpoint.is_stored_as(i, dtype)
+        }  # fmt: skip
         # Queued, being read, being computed: that many buffers, never more.
-        buffers = prefetch_depth + 2 if streamed else 0
+        staged = [i for i in streamed if i not in self.in_place_layers]
+        buffers = prefetch_depth + 2 if staged else 0
         self._pool = StagingPool(buffers, checkpoint.max_layer_nbytes, device)
         self._copier = DeviceCopier(device)
         self.prefetcher = Prefetcher(self._read_layer, streamed, prefetch_depth)
@@ -214,6 +220,9 @@ class ModelRunner:
 
     def _read_layer(self, index: int) -> LayerRead:
         """Runs on the prefetch thread: disk or page cache -> buffer -> device."""
+        nbytes = self._checkpoint.layer_nbytes(index)
+        if index in self.in_place_layers:
+            return LayerRead(self._checkpoint.map_layer(index), nbytes, None, _nothing)
         buffer = self._pool.take()
         try:
             host = self._checkpoint.read_layer(index, self.dtype, buffer)
@@ -221,7 +230,6 @@ class ModelRunner:
         except BaseException:
             self._pool.give(buffer, None)
             raise
-        nbytes = self._checkpoint.layer_nbytes(index)
         return LayerRead(
             tensors, nbytes, copied, lambda: self._pool.give(buffer, copied)
         )
@@ -247,6 +255,10 @@ class ModelRunner:
                 self._on_device(owned), strict=True, assign=True
             )
         _move_buffers(self.model, self.device)
+
+
+def _nothing() -> None:
+    """Releases a layer used in place: its pages belong to the page cache."""
 
 
 class WeightSlots:

@@ -1,9 +1,9 @@
 """A safetensors file: its header, zero-copy views, and reads into buffers.
 
-Resident parts are read once through a memory map. Streamed layers are read
-with ``preadv`` straight into reused staging buffers: one copy from the page
-cache (or the disk) into memory the process owns, with no allocation per layer
-and no page faults on the compute side.
+The file is memory-mapped. On the CPU, a streamed layer whose stored dtype is
+the compute dtype is used in place: its pages are mapped ahead of the compute
+and the page cache is the only copy. Otherwise a layer is read with ``preadv``
+into a reused staging buffer (then converted, or sent to the GPU).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ _DTYPES = {
     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
 }  # fmt: skip
 _HEADER_LIMIT = 100 << 20
+# Linux's MADV_POPULATE_READ (5.14+): fill the page tables from the page cache.
+_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,7 @@ class TensorFile:
             self.tensors = _read_header(handle, path)
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         self._fd = os.open(path, os.O_RDONLY)
+        self._can_populate = True
 
     def tensor(self, key: str) -> torch.Tensor:
         info = self.tensors[key]
@@ -61,6 +64,24 @@ class TensorFile:
             self._map, dtype=info.dtype, count=info.numel, offset=info.start
         )
         return flat.view(info.shape)
+
+    def populate(self, key: str) -> None:
+        """Map one tensor's pages now, reading them from disk if they are not cached.
+
+        Run ahead of the compute, so that the compute finds the pages in place;
+        cheap when they already are.
+        """
+        info = self.tensors[key]
+        start = info.start - info.start % mmap.PAGESIZE
+        if info.end <= start:
+            return
+        if self._can_populate:
+            try:
+                self._map.madvise(_POPULATE_READ, start, info.end - start)
+                return
+            except OSError:  # before Linux 5.14: ask for read-ahead instead
+                self._can_populate = False
+        self._map.madvise(mmap.MADV_WILLNEED, start, info.end - start)
 
     def read_into(self, key: str, out: torch.Tensor) -> None:
         """Read one tensor's bytes into ``out`` (uint8, exactly its size)."""

@@ -137,15 +137,16 @@ def test_failed_layer_read_leaves_later_answers_intact(
     expected = collect(submit(engine))
     folder = save_model(build_model(CONFIGS["llama"]), tmp_path / "flaky")
     checkpoint = Checkpoint(folder)
-    read_layer, failures = checkpoint.read_layer, [1]
+    map_layer, failures = checkpoint.map_layer, [1]
 
-    def flaky_read(index: int, dtype: torch.dtype, buffer: torch.Tensor):
+    def flaky_map(index: int):
         if failures and index == failures[0]:
             failures.pop()
             raise OSError("disk hiccup")
-        return read_layer(index, dtype, buffer)
+        return map_layer(index)
 
-    checkpoint.read_layer = flaky_read
+    # Float32 layers on the CPU are used in place, so this is their read.
+    checkpoint.map_layer = flaky_map
     options = EngineOptions(torch.device("cpu"), torch.float32)
     runner = ModelRunner(
         build_skeleton(CONFIGS["llama"]),

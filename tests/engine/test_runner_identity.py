@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import PreTrainedModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from engine.checkpoint import Checkpoint
 from engine.runner import ModelRunner, SweepInput
@@ -80,5 +80,22 @@ def test_each_layer_is_read_once_per_sweep(tmp_path: Path) -> None:
     try:
         streamed_tokens(runner, PROMPTS)
         assert runner.layer_reads == NEW_TOKENS * model.config.num_hidden_layers
+    finally:
+        runner.close()
+
+
+def test_bfloat16_checkpoint_staged_and_upcast_matches_transformers(
+    tmp_path: Path,
+) -> None:
+    # Stored in another dtype than the compute's, layers go through the staging
+    # buffers instead of being used in place.
+    build_model(CONFIGS["llama"]).to(torch.bfloat16).save_pretrained(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32)
+    runner = runner_for(model.eval(), tmp_path)
+    try:
+        assert not runner.in_place_layers
+        assert streamed_tokens(runner, PROMPTS) == [
+            reference_tokens(model, prompt) for prompt in PROMPTS
+        ]
     finally:
         runner.close()
