@@ -9,15 +9,13 @@ keeps its numbers equal to transformers' numbers.
 
 from __future__ import annotations
 
-import copy
-import inspect
 import logging
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PretrainedConfig, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel
 from transformers.masking_utils import (
     create_causal_mask,
     create_sliding_window_causal_mask,
@@ -25,7 +23,18 @@ from transformers.masking_utils import (
 
 from engine.checkpoint import Checkpoint
 from engine.errors import ModelFileError
-from engine.packing import PACKED_ATTENTION, Pack, PackedCache
+from engine.layout import (
+    Weights,
+    WeightSlots,
+    check_layer_keys,
+    layer_types,
+    move_buffers,
+    resident_keys,
+    rotary_takes_layer_type,
+    tied_keys,
+    use_packed_attention,
+)
+from engine.packing import Pack, PackedCache
 from engine.prefetch import LayerRead, Prefetcher
 from engine.skeleton import decoder_layers
 from engine.staging import DeviceCopier, StagingPool
@@ -37,7 +46,6 @@ _MASK_BUILDERS = {
     "full_attention": create_causal_mask,
     "sliding_attention": create_sliding_window_causal_mask,
 }
-Weights = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -72,13 +80,13 @@ class ModelRunner:
         self.device = device
         self.dtype = dtype
         self.layers = decoder_layers(skeleton)
-        self.layer_types = _layer_types(self.config, len(self.layers))
+        self.layer_types = layer_types(self.config, len(self.layers))
         self.resident_layers = resident_layers
         self._checkpoint = checkpoint
-        self._rotary_takes_type = _rotary_takes_layer_type(skeleton)
-        self._mask_config = _use_packed_attention(self.config)
+        self._rotary_takes_type = rotary_takes_layer_type(skeleton)
+        self._mask_config = use_packed_attention(self.config)
 
-        _check_layer_keys(self.layers, checkpoint)
+        check_layer_keys(self.layers, checkpoint)
         self._slots = [WeightSlots(layer) for layer in self.layers]
         self._load_resident(checkpoint)
         streamed = [i for i in range(len(self.layers)) if i not in resident_layers]
@@ -239,14 +247,14 @@ class ModelRunner:
 
     def _load_resident(self, checkpoint: Checkpoint) -> None:
         weights = self._on_device(checkpoint.read_resident(self.dtype))
-        expected = _resident_keys(self.model)
-        missing = expected - weights.keys() - _tied_keys(self.model)
+        expected = resident_keys(self.model)
+        missing = expected - weights.keys() - tied_keys(self.model)
         if missing:
             raise ModelFileError(
                 str(checkpoint.folder), f"missing {sorted(missing)[0]}"
             )
         self.model.load_state_dict(weights, strict=False, assign=True)
-        if _tied_keys(self.model) - weights.keys():
+        if tied_keys(self.model) - weights.keys():
             output = self.model.get_output_embeddings()
             output.weight = self.model.get_input_embeddings().weight
         for index in sorted(self.resident_layers):
@@ -254,102 +262,8 @@ class ModelRunner:
             self.layers[index].load_state_dict(
                 self._on_device(owned), strict=True, assign=True
             )
-        _move_buffers(self.model, self.device)
+        move_buffers(self.model, self.device)
 
 
 def _nothing() -> None:
     """Releases a layer used in place: its pages belong to the page cache."""
-
-
-class WeightSlots:
-    """Puts a streamed layer's weights into its modules, and takes them out.
-
-    ``load_state_dict`` walks and checks the module tree on every call, which
-    costs more than a small layer's compute; the places are found once here
-    (the checkpoint's keys were checked against them at start-up).
-    """
-
-    def __init__(self, layer: nn.Module) -> None:
-        self._places = [
-            (layer.get_submodule(owner), leaf, key, param)
-            for key, param in layer.named_parameters()
-            for owner, _, leaf in [key.rpartition(".")]
-        ]
-
-    def fill(self, weights: Weights) -> None:
-        for module, leaf, key, _ in self._places:
-            module._parameters[leaf] = nn.Parameter(weights[key], requires_grad=False)
-
-    def empty(self) -> None:
-        for module, leaf, _, meta in self._places:
-            module._parameters[leaf] = meta
-
-
-def _use_packed_attention(config: PretrainedConfig) -> PretrainedConfig:
-    """Layers dispatch to packed attention; masks are still built for SDPA."""
-    mask_config = copy.copy(config)
-    mask_config._attn_implementation = "sdpa"
-    config._attn_implementation = PACKED_ATTENTION
-    return mask_config
-
-
-def _move_buffers(model: nn.Module, device: torch.device) -> None:
-    for module in model.modules():
-        for name, buffer in module.named_buffers(recurse=False):
-            module._buffers[name] = buffer.to(device)
-
-
-def _layer_types(config, count: int) -> list[str]:
-    types = getattr(config, "layer_types", None)
-    if types:
-        return list(types)[:count]
-    # Configs without per-layer types (Mistral) slide every layer when a window is set.
-    kind = (
-        "sliding_attention"
-        if getattr(config, "sliding_window", None)
-        else "full_attention"
-    )
-    return [kind] * count
-
-
-def _rotary_takes_layer_type(model: PreTrainedModel) -> bool:
-    rotary = model.get_decoder().rotary_emb
-    return "layer_type" in inspect.signature(rotary.forward).parameters
-
-
-def _resident_keys(model: PreTrainedModel) -> set[str]:
-    stack = _stack_prefix(model)
-    return {key for key in model.state_dict() if not key.startswith(stack)}
-
-
-def _tied_keys(model: PreTrainedModel) -> set[str]:
-    if not getattr(model.config, "tie_word_embeddings", False):
-        return set()
-    output = model.get_output_embeddings()
-    names = [name for name, module in model.named_modules() if module is output]
-    return {f"{name}.weight" for name in names}
-
-
-def _stack_prefix(model: PreTrainedModel) -> str:
-    layers = decoder_layers(model)
-    return (
-        next(name for name, module in model.named_modules() if module is layers) + "."
-    )
-
-
-def _check_layer_keys(layers: nn.ModuleList, checkpoint: Checkpoint) -> None:
-    if checkpoint.num_layers != len(layers):
-        raise ModelFileError(
-            str(checkpoint.folder),
-            f"{checkpoint.num_layers} layers in the checkpoint, "
-            f"{len(layers)} in config.json",
-        )
-    for index, layer in enumerate(layers):
-        expected = set(layer.state_dict())
-        found = set(checkpoint.layers.get(index, {}))
-        if expected != found:
-            missing = sorted(expected - found) or sorted(found - expected)
-            raise ModelFileError(
-                str(checkpoint.folder),
-                f"layer {index} does not match the model: {missing[0]}",
-            )

@@ -1,0 +1,116 @@
+"""How a transformers model is laid out, as far as the runner cares.
+
+Which module holds the decoder layers, which keys stay resident, which
+attention each layer does, how a streamed layer's weights go in and out of its
+modules: knowledge about the model, kept apart from the sweep itself.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+
+import torch
+from torch import nn
+from transformers import PretrainedConfig, PreTrainedModel
+
+from engine.checkpoint import Checkpoint
+from engine.errors import ModelFileError
+from engine.packing import PACKED_ATTENTION
+from engine.skeleton import decoder_layers
+
+Weights = dict[str, torch.Tensor]
+
+
+class WeightSlots:
+    """Puts a streamed layer's weights into its modules, and takes them out.
+
+    ``load_state_dict`` walks and checks the module tree on every call, which
+    costs more than a small layer's compute; the places are found once here
+    (the checkpoint's keys were checked against them at start-up).
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        self._places = [
+            (layer.get_submodule(owner), leaf, key, param)
+            for key, param in layer.named_parameters()
+            for owner, _, leaf in [key.rpartition(".")]
+        ]
+
+    def fill(self, weights: Weights) -> None:
+        for module, leaf, key, _ in self._places:
+            module._parameters[leaf] = nn.Parameter(weights[key], requires_grad=False)
+
+    def empty(self) -> None:
+        for module, leaf, _, meta in self._places:
+            module._parameters[leaf] = meta
+
+
+def use_packed_attention(config: PretrainedConfig) -> PretrainedConfig:
+    """Layers dispatch to packed attention; masks are still built for SDPA."""
+    mask_config = copy.copy(config)
+    mask_config._attn_implementation = "sdpa"
+    config._attn_implementation = PACKED_ATTENTION
+    return mask_config
+
+
+def move_buffers(model: nn.Module, device: torch.device) -> None:
+    for module in model.modules():
+        for name, buffer in module.named_buffers(recurse=False):
+            module._buffers[name] = buffer.to(device)
+
+
+def layer_types(config, count: int) -> list[str]:
+    types = getattr(config, "layer_types", None)
+    if types:
+        return list(types)[:count]
+    # Configs without per-layer types (Mistral) slide every layer when a window is set.
+    kind = (
+        "sliding_attention"
+        if getattr(config, "sliding_window", None)
+        else "full_attention"
+    )
+    return [kind] * count
+
+
+def rotary_takes_layer_type(model: PreTrainedModel) -> bool:
+    rotary = model.get_decoder().rotary_emb
+    return "layer_type" in inspect.signature(rotary.forward).parameters
+
+
+def resident_keys(model: PreTrainedModel) -> set[str]:
+    stack = stack_prefix(model)
+    return {key for key in model.state_dict() if not key.startswith(stack)}
+
+
+def tied_keys(model: PreTrainedModel) -> set[str]:
+    if not getattr(model.config, "tie_word_embeddings", False):
+        return set()
+    output = model.get_output_embeddings()
+    names = [name for name, module in model.named_modules() if module is output]
+    return {f"{name}.weight" for name in names}
+
+
+def stack_prefix(model: PreTrainedModel) -> str:
+    layers = decoder_layers(model)
+    return (
+        next(name for name, module in model.named_modules() if module is layers) + "."
+    )
+
+
+def check_layer_keys(layers: nn.ModuleList, checkpoint: Checkpoint) -> None:
+    if checkpoint.num_layers != len(layers):
+        raise ModelFileError(
+            str(checkpoint.folder),
+            f"{checkpoint.num_layers} layers in the checkpoint, "
+            f"{len(layers)} in config.json",
+        )
+    for index, layer in enumerate(layers):
+        expected = set(layer.state_dict())
+        found = set(checkpoint.layers.get(index, {}))
+        if expected != found:
+            missing = sorted(expected - found) or sorted(found - expected)
+            raise ModelFileError(
+                str(checkpoint.folder),
+                f"layer {index} does not match the model: {missing[0]}",
+            )
