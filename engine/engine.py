@@ -146,7 +146,7 @@ class Engine:
                 except Exception as error:  # the only worker must outlive a bug
                     logger.exception("worker iteration failed")
                     self._fail(self._scheduler.running, error)
-                    self._scheduler.running = []
+                    self._scheduler.retire_done()
 
     @property
     def _token_limit(self) -> int:
@@ -178,9 +178,7 @@ class Engine:
         except Exception as error:  # one failed sweep must not end the worker
             logger.exception("sweep failed; failing its %d requests", len(slots))
             self._fail([slot.sequence for slot in slots], error)
-            self._scheduler.running = [
-                s for s in self._scheduler.running if not s.is_done
-            ]
+            self._scheduler.retire_done()
             return
         sweep = self.runner.last_sweep
         self.totals.add(sweep)
@@ -192,7 +190,7 @@ class Engine:
         )  # fmt: skip
         for slot, row in zip(slots, logits, strict=True):
             self._after_sweep(slot, row)
-        self._scheduler.running = [s for s in self._scheduler.running if not s.is_done]
+        self._scheduler.retire_done()
 
     def _after_sweep(self, slot: Slot, logits: torch.Tensor | None) -> None:
         sequence = slot.sequence

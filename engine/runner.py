@@ -81,6 +81,7 @@ class ModelRunner:
         self.dtype = dtype
         self.layers = decoder_layers(skeleton)
         self.layer_types = layer_types(self.config, len(self.layers))
+        self._kinds = frozenset(self.layer_types)  # masks and rotary, one per kind
         self.resident_layers = resident_layers
         self._checkpoint = checkpoint
         self._rotary_takes_type = rotary_takes_layer_type(skeleton)
@@ -181,8 +182,9 @@ class ModelRunner:
             masks.append(self._masks(hidden[:, span], item.cache, position[None]))
             start = span.stop
         packed_positions = torch.cat(positions)[None]
-        kinds = set(self.layer_types)
-        rotary = {kind: self._rotary(kind, hidden, packed_positions) for kind in kinds}
+        rotary = {
+            kind: self._rotary(kind, hidden, packed_positions) for kind in self._kinds
+        }
         caches = [item.cache for item in inputs]
         pack = Pack(spans, caches, masks, self.layer_types)
         return _Batch(hidden, packed_positions, rotary, pack)
@@ -196,7 +198,7 @@ class ModelRunner:
                 cache=cache,
                 position_ids=positions,
             )
-            for kind in set(self.layer_types)
+            for kind in self._kinds
         }
 
     def _rotary(

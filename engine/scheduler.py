@@ -83,6 +83,10 @@ class Scheduler:
             sequence.start(self._new_cache())
             self.running.append(sequence)
 
+    def retire_done(self) -> None:
+        """Drop finished, failed and cancelled sequences from the batch."""
+        self.running = [seq for seq in self.running if not seq.is_done]
+
     def plan(self) -> list[Slot]:
         """This sweep's slots, after making room in the KV cache if needed."""
         slots = self._slots()
