@@ -58,11 +58,13 @@ class Engine:
         self.totals = EngineTotals()
         self.plan: dict[str, object] = {}  # the residency plan, for the API
         self._stop_token_ids = stop_token_ids
+        kv_tokens = kv_tokens or options.max_batch * self.context_length
+        runner.cap_kv(kv_tokens, options.max_batch)
         self._scheduler = Scheduler(
             options.max_batch,
             options.max_queue,
             options.max_sweep_tokens,
-            kv_tokens or options.max_batch * self.context_length,
+            kv_tokens,
             runner.new_cache,
         )
         self._stopping = threading.Event()

@@ -7,7 +7,6 @@ modules: knowledge about the model, kept apart from the sweep itself.
 
 from __future__ import annotations
 
-import copy
 import inspect
 
 import torch
@@ -15,7 +14,7 @@ from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 
 from engine.checkpoint import Checkpoint
-from engine.errors import ModelFileError
+from engine.errors import ModelFileError, UnsupportedModelError
 from engine.packing import PACKED_ATTENTION
 from engine.skeleton import decoder_layers
 
@@ -46,12 +45,28 @@ class WeightSlots:
             module._parameters[leaf] = meta
 
 
-def use_packed_attention(config: PretrainedConfig) -> PretrainedConfig:
-    """Layers dispatch to packed attention; masks are still built for SDPA."""
-    mask_config = copy.copy(config)
-    mask_config._attn_implementation = "sdpa"
+def use_packed_attention(config: PretrainedConfig) -> None:
+    """Layers dispatch to packed attention, which builds its own masks."""
     config._attn_implementation = PACKED_ATTENTION
-    return mask_config
+
+
+def attention_windows(
+    config: PretrainedConfig, types: list[str]
+) -> dict[str, int | None]:
+    """Each attention kind the layers use -> its sliding window (None: full)."""
+    window = getattr(config, "sliding_window", None)
+    known = {"full_attention": None, "sliding_attention": window}
+    unknown = set(types) - known.keys()
+    if unknown:
+        raise UnsupportedModelError(f"attention kind {sorted(unknown)[0]!r}")
+    return {kind: known[kind] for kind in sorted(set(types))}
+
+
+def kv_shape(config: PretrainedConfig) -> tuple[int, int]:
+    """Key-value heads and head size."""
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return getattr(config, "num_key_value_heads", None) or heads, head_dim
 
 
 def move_buffers(model: nn.Module, device: torch.device) -> None:

@@ -19,6 +19,7 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from engine.checkpoint import Checkpoint, has_checkpoint
 from engine.engine import Engine
 from engine.errors import ModelFileError, UnsupportedModelError
+from engine.layout import kv_shape
 from engine.options import EngineOptions
 from engine.residency import ResidencyPlan, plan_residency
 from engine.runner import ModelRunner
@@ -70,9 +71,7 @@ def open_engine(
 
 def kv_bytes_per_token(config: PretrainedConfig, dtype: torch.dtype) -> int:
     """Keys and values of one token in every layer."""
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    kv_heads, head_dim = kv_shape(config)
     return 2 * config.num_hidden_layers * kv_heads * head_dim * dtype.itemsize
 
 

@@ -9,24 +9,24 @@ keeps its numbers equal to transformers' numbers.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import time
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import DynamicCache, PreTrainedModel
-from transformers.masking_utils import (
-    create_causal_mask,
-    create_sliding_window_causal_mask,
-)
+from transformers import PreTrainedModel
 
 from engine.checkpoint import Checkpoint
 from engine.errors import ModelFileError
+from engine.kv_cache import BLOCK_TOKENS, KVPool, SequenceCache
 from engine.layout import (
     Weights,
     WeightSlots,
+    attention_windows,
     check_layer_keys,
+    kv_shape,
     layer_types,
     move_buffers,
     resident_keys,
@@ -34,7 +34,7 @@ from engine.layout import (
     tied_keys,
     use_packed_attention,
 )
-from engine.packing import Pack, PackedCache
+from engine.packing import Pack, PackedCache, build_pack
 from engine.prefetch import LayerRead, Prefetcher
 from engine.skeleton import decoder_layers
 from engine.staging import DeviceCopier, StagingPool
@@ -42,18 +42,13 @@ from engine.stats import SweepStats
 
 logger = logging.getLogger(__name__)
 
-_MASK_BUILDERS = {
-    "full_attention": create_causal_mask,
-    "sliding_attention": create_sliding_window_causal_mask,
-}
-
 
 @dataclass
 class SweepInput:
     """One sequence's share of a sweep: its new tokens and its own KV cache."""
 
     token_ids: list[int]
-    cache: DynamicCache
+    cache: SequenceCache
     wants_logits: bool = True  # False for a prompt chunk that is not the last
 
 
@@ -81,11 +76,12 @@ class ModelRunner:
         self.dtype = dtype
         self.layers = decoder_layers(skeleton)
         self.layer_types = layer_types(self.config, len(self.layers))
-        self._kinds = frozenset(self.layer_types)  # masks and rotary, one per kind
+        self._windows = attention_windows(self.config, self.layer_types)
         self.resident_layers = resident_layers
         self._checkpoint = checkpoint
         self._rotary_takes_type = rotary_takes_layer_type(skeleton)
-        self._mask_config = use_packed_attention(self.config)
+        use_packed_attention(self.config)
+        self.kv_pool = _kv_pool(self.config, len(self.layers), dtype, device)
 
         check_layer_keys(self.layers, checkpoint)
         self._slots = [WeightSlots(layer) for layer in self.layers]
@@ -109,8 +105,12 @@ class ModelRunner:
     def vocab_size(self) -> int:
         return self.model.get_input_embeddings().num_embeddings
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.config)
+    def new_cache(self) -> SequenceCache:
+        return SequenceCache(self.kv_pool)
+
+    def cap_kv(self, tokens: int, sequences: int) -> None:
+        """Bound the KV pool by the scheduler's budget (plus a block per sequence)."""
+        self.kv_pool.max_blocks = -(-tokens // BLOCK_TOKENS) + sequences
 
     @torch.inference_mode()
     def sweep(self, inputs: list[SweepInput]) -> list[torch.Tensor | None]:
@@ -120,6 +120,8 @@ class ModelRunner:
         for index, layer in enumerate(self.layers):
             self._run_layer(index, layer, batch, stats)
         logits = self._logits(batch, inputs)
+        for item in inputs:
+            item.cache.advance(len(item.token_ids))
         self.last_sweep = stats
         return logits
 
@@ -169,37 +171,19 @@ class ModelRunner:
         ids = [token for item in inputs for token in item.token_ids]
         hidden = self.model.get_input_embeddings()(
             torch.tensor([ids], device=self.device)
+        )  # [1, tokens, hidden]
+        positions = torch.tensor(
+            [p for item in inputs for p in _positions(item)], device=self.device
+        )[None]  # [1, tokens]
+        rotary = {kind: self._rotary(kind, hidden, positions) for kind in self._windows}
+        pack = build_pack(
+            self.kv_pool,
+            [item.cache for item in inputs],
+            [len(item.token_ids) for item in inputs],
+            self._windows,
+            self.layer_types,
         )
-        spans, positions, masks, start = [], [], [], 0
-        for item in inputs:
-            span = slice(start, start + len(item.token_ids))
-            past = item.cache.get_seq_length()
-            position = torch.arange(
-                past, past + len(item.token_ids), device=self.device
-            )
-            spans.append(span)
-            positions.append(position)
-            masks.append(self._masks(hidden[:, span], item.cache, position[None]))
-            start = span.stop
-        packed_positions = torch.cat(positions)[None]
-        rotary = {
-            kind: self._rotary(kind, hidden, packed_positions) for kind in self._kinds
-        }
-        caches = [item.cache for item in inputs]
-        pack = Pack(spans, caches, masks, self.layer_types)
-        return _Batch(hidden, packed_positions, rotary, pack)
-
-    def _masks(self, hidden, cache, positions) -> dict[str, torch.Tensor | None]:
-        return {
-            kind: _MASK_BUILDERS[kind](
-                config=self._mask_config,
-                inputs_embeds=hidden,
-                attention_mask=None,
-                cache=cache,
-                position_ids=positions,
-            )
-            for kind in self._kinds
-        }
+        return _Batch(hidden, positions, rotary, pack)
 
     def _rotary(
         self, kind: str, hidden, positions
@@ -215,7 +199,9 @@ class ModelRunner:
         wanted = [i for i, item in enumerate(inputs) if item.wants_logits]
         if not wanted:
             return [None] * len(inputs)
-        rows = torch.tensor([batch.pack.spans[i].stop - 1 for i in wanted])
+        ends = itertools.accumulate(len(item.token_ids) for item in inputs)
+        last = [end - 1 for end in ends]
+        rows = torch.tensor([last[i] for i in wanted])
         hidden = self.model.get_decoder().norm(batch.hidden[:, rows.to(self.device)])
         logits = self.model.get_output_embeddings()(hidden)[
             0
@@ -265,6 +251,18 @@ class ModelRunner:
                 self._on_device(owned), strict=True, assign=True
             )
         move_buffers(self.model, self.device)
+
+
+def _positions(item: SweepInput) -> range:
+    return range(item.cache.length, item.cache.length + len(item.token_ids))
+
+
+def _kv_pool(
+    config, num_layers: int, dtype: torch.dtype, device: torch.device
+) -> KVPool:
+    kv_heads, head_dim = kv_shape(config)
+    # Uncapped until the engine gives its budget (``cap_kv``).
+    return KVPool(num_layers, kv_heads, head_dim, dtype, device, max_blocks=2**62)
 
 
 def _nothing() -> None:

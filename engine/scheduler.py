@@ -15,9 +15,8 @@ import queue
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from transformers import DynamicCache
-
 from engine.errors import QueueFullError
+from engine.kv_cache import SequenceCache
 from engine.request import RequestState
 from engine.sequence import Sequence
 
@@ -45,7 +44,7 @@ class Scheduler:
         max_queue: int,
         max_sweep_tokens: int,
         kv_tokens: int,
-        new_cache: Callable[[], DynamicCache],
+        new_cache: Callable[[], SequenceCache],
     ) -> None:
         self.max_batch = max_batch
         self.max_sweep_tokens = max_sweep_tokens

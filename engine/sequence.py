@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
 from engine.detokenize import TextStream
+from engine.kv_cache import SequenceCache
 from engine.request import (
     EventSink,
     GenerationRequest,
@@ -24,7 +24,7 @@ class Sequence:
     text: TextStream
     generator: torch.Generator | None
     state: RequestState = RequestState.WAITING
-    cache: DynamicCache | None = None
+    cache: SequenceCache | None = None
     output_ids: list[int] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
     num_cached: int = 0  # tokens already in the KV cache
@@ -57,7 +57,7 @@ class Sequence:
     def is_prefilling(self) -> bool:
         return len(self.pending_ids) > 1 or self.num_cached == 0
 
-    def start(self, cache: DynamicCache) -> None:
+    def start(self, cache: SequenceCache) -> None:
         """Join the batch; after a preemption the text so far is computed again."""
         self.cache = cache
         self.num_cached = 0
@@ -70,6 +70,8 @@ class Sequence:
 
     def release(self) -> None:
         """Free the KV cache as soon as the sequence leaves the batch."""
+        if self.cache is not None:
+            self.cache.free()
         self.cache = None
         self.num_cached = 0
         self.pending_ids = []
