@@ -97,7 +97,9 @@ def biased(scores: torch.Tensor, bias: tuple[tuple[int, float], ...]) -> torch.T
     if not bias:
         return scores
     ids, values = zip(*bias, strict=True)
-    return scores.index_add_(0, torch.tensor(ids), torch.tensor(values))
+    return scores.index_add_(
+        0, torch.tensor(ids), torch.tensor(values, dtype=scores.dtype)
+    )
 
 
 def sample_next(

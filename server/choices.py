@@ -21,7 +21,7 @@ from server.schemas.chat_response import Usage
 
 
 def choice_requests(
-    request_id: str, prompts: list[list[int]], params: SamplingParams, n: int
+    request_id: str, prompts: list[tuple[list[int], SamplingParams]], n: int
 ) -> list[GenerationRequest]:
     """One engine request per choice; prompt p's choices are p*n ... p*n + n-1.
 
@@ -31,7 +31,7 @@ def choice_requests(
     once per choice. Sharing it would need the scheduler to fork a sequence.
     """
     requests = []
-    for p, prompt_ids in enumerate(prompts):
+    for p, (prompt_ids, params) in enumerate(prompts):
         for j in range(n):
             index = p * n + j
             engine_id = request_id if index == 0 else f"{request_id}-{index}"

@@ -7,9 +7,8 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from engine.request import ErrorEvent, Event, FinishEvent, TokenEvent, TokenLogprob
+from engine.request import Event, FinishEvent, TokenEvent, TokenLogprob
 from server.choices import ChoiceOutput, Tally
-from server.errors import stream_error_data
 from server.generation import ChoiceStreams
 from server.logprobs import TokenPieces, chat_logprobs
 from server.schemas.chat_response import (
@@ -23,9 +22,7 @@ from server.schemas.chat_response import (
     Usage,
 )
 from server.schemas.logprobs import ChoiceLogprobs
-
-SseEvent = dict[str, str]
-DONE: SseEvent = {"data": "[DONE]"}
+from server.sse import SseEvent, relay
 
 
 def new_completion_id() -> str:
@@ -57,6 +54,14 @@ class ChunkWriter:
             finish_reason=finish_reason,
         )
         return self._event(self._chunk([choice]))
+
+    def chunk_for(self, index: int, event: Event) -> SseEvent | None:
+        match event:
+            case TokenEvent(text=text, logprobs=logprobs) if text or logprobs:
+                return self.choice(index, Delta(content=text), logprobs=logprobs)
+            case FinishEvent(reason=reason):
+                return self.choice(index, Delta(), reason)
+        return None
 
     def usage(self, usage: Usage) -> SseEvent:
         return self._event(self._chunk([], usage))
@@ -99,40 +104,17 @@ class ChunkWriter:
         return {"data": chunk.model_dump_json(exclude=exclude)}
 
 
-async def stream_events(
+def stream_events(
     streams: ChoiceStreams, writer: ChunkWriter, tally: Tally
 ) -> AsyncIterator[SseEvent]:
-    """SSE events of a streamed completion; the request is dropped if abandoned.
+    """SSE events of a streamed chat completion.
 
     Each choice opens with its role chunk and closes with its finish chunk;
     the usage of all choices, if asked for, comes after the last of them.
     """
-    try:
-        for index in range(streams.num_choices):
-            yield writer.choice(index, Delta(role="assistant", content=""))
-        async for index, event in streams.events():
-            tally.note(index, event)
-            if isinstance(event, ErrorEvent):
-                # The status line is already sent; the error travels in the
-                # stream, which then ends without [DONE].
-                yield {"data": stream_error_data(event.error)}
-                return
-            if (chunk := _chunk_for(index, event, writer)) is not None:
-                yield chunk
-        if writer.include_usage:
-            yield writer.usage(tally.usage)
-        yield DONE
-    finally:
-        # Runs when the client goes away too: sse-starlette cancels the generator.
-        if not streams.is_done and not tally.has_failed:
-            tally.record.outcome = "cancelled"
-        streams.cancel()
-
-
-def _chunk_for(index: int, event: Event, writer: ChunkWriter) -> SseEvent | None:
-    match event:
-        case TokenEvent(text=text, logprobs=logprobs) if text or logprobs:
-            return writer.choice(index, Delta(content=text), logprobs=logprobs)
-        case FinishEvent(reason=reason):
-            return writer.choice(index, Delta(), reason)
-    return None
+    roles = [
+        writer.choice(index, Delta(role="assistant", content=""))
+        for index in range(streams.num_choices)
+    ]
+    usage_for = writer.usage if writer.include_usage else None
+    return relay(streams, tally, roles, writer.chunk_for, usage_for)

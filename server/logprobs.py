@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -78,7 +79,7 @@ def _is_byte_level(tokenizer: PreTrainedTokenizerBase) -> bool:
 
 
 def chat_logprobs(
-    entries: list[TokenLogprob] | tuple[TokenLogprob, ...], pieces: TokenPieces
+    entries: Sequence[TokenLogprob], pieces: TokenPieces
 ) -> ChoiceLogprobs:
     return ChoiceLogprobs(content=[_chat_entry(entry, pieces) for entry in entries])
 
@@ -107,9 +108,7 @@ class LegacyLogprobs:
         self._text_start = text_start  # characters before the first token (echo)
         self._data = b""  # bytes of the tokens so far
 
-    def next(
-        self, entries: list[TokenLogprob] | tuple[TokenLogprob, ...]
-    ) -> CompletionLogprobs:
+    def next(self, entries: Sequence[TokenLogprob]) -> CompletionLogprobs:
         lists = CompletionLogprobs(
             tokens=[], token_logprobs=[], top_logprobs=[], text_offset=[]
         )

@@ -47,7 +47,7 @@ async def create_chat_completion(
         wants_logprobs=logprobs is not None,
     )
     params = body.sampling_params(prompt.max_tokens, logprobs)
-    requests = choice_requests(writer.completion_id, [prompt.ids], params, body.n)
+    requests = choice_requests(writer.completion_id, [(prompt.ids, params)], body.n)
     streams = ChoiceStreams.submit(engine, requests)
 
     tally = Tally(RequestRecord(writer.completion_id, prompt_tokens=len(prompt.ids)))
