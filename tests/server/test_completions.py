@@ -317,3 +317,14 @@ def test_body_without_prompt_is_a_400_naming_it(client: TestClient) -> None:
 
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "prompt"
+
+
+def test_body_that_is_not_json_is_a_400_in_the_openai_shape(client: TestClient) -> None:
+    response = client.post(
+        "/v1/completions",
+        content=b"{not json",
+        headers={"content-type": "application/json"},
+    )
+
+    assert response.status_code == 400
+    assert set(response.json()["error"]) == {"message", "type", "param", "code"}
