@@ -30,7 +30,7 @@ from engine.request import (
     TokenEvent,
 )
 from engine.runner import ModelRunner, SweepInput
-from engine.sampling import make_generator, sample_next
+from engine.sampling import adjust_logits, make_generator, sample_next, token_logprob
 from engine.scheduler import Scheduler, Slot
 from engine.sequence import Sequence
 from engine.stats import EngineTotals
@@ -135,6 +135,10 @@ class Engine:
             )
         if not all(0 <= token < vocab for token in prompt):
             raise InvalidRequestError(f"token ids must be in [0, {vocab})", "prompt")
+        if not all(0 <= token < vocab for token, _ in request.params.logit_bias):
+            raise InvalidRequestError(
+                f"logit_bias token ids must be in [0, {vocab})", "logit_bias"
+            )
         if request.params.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
 
@@ -206,10 +210,16 @@ class Engine:
             self._fail([sequence], error)
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
-        token = sample_next(logits, sequence.request.params, sequence.generator)
+        params, prompt_ids = sequence.request.params, sequence.request.prompt_ids
+        scores = adjust_logits(logits, params, prompt_ids, sequence.output_ids)
+        token = sample_next(scores, params, sequence.generator)
         if token in self._stop_token_ids:
             self._finish(sequence, "stop")
             return
+        if params.logprobs is not None:
+            # Of the raw logits: what the model thought, not what was sampled from.
+            entry = token_logprob(logits, token, params.logprobs)
+            sequence.unsent_logprobs.append(entry)
         sequence.output_ids.append(token)
         sequence.pending_ids = [token]
         self._emit(sequence, sequence.text.push(token))
@@ -223,7 +233,7 @@ class Engine:
         return at_cap or sequence.num_tokens >= self._token_limit
 
     def _finish(self, sequence: Sequence, reason: FinishReason) -> None:
-        self._emit(sequence, sequence.text.flush())
+        self._emit(sequence, sequence.text.flush(), is_final=True)
         sequence.state = RequestState.FINISHED
         sequence.release()
         finish = FinishEvent(
@@ -245,9 +255,13 @@ class Engine:
         logger.info("request %s cancelled", sequence.request_id)
         return True
 
-    def _emit(self, sequence: Sequence, text: str) -> None:
-        if text:
-            self._send(sequence, TokenEvent(text, sequence.num_output_tokens))
+    def _emit(self, sequence: Sequence, text: str, is_final: bool = False) -> None:
+        # Logprobs wait for the text they belong to; the last event takes the
+        # rest (the tokens of a stop string, say), so none are lost.
+        if not text and not (is_final and sequence.unsent_logprobs):
+            return
+        logprobs, sequence.unsent_logprobs = tuple(sequence.unsent_logprobs), []
+        self._send(sequence, TokenEvent(text, sequence.num_output_tokens, logprobs))
 
     def _send(self, sequence: Sequence, event: Event) -> None:
         try:

@@ -22,8 +22,23 @@ class SamplingParams:
     max_tokens: int
     temperature: float = 1.0
     top_p: float = 1.0
+    top_k: int = 0  # 0 (or less): no cut
+    min_p: float = 0.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, added to its logit)
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    logprobs: int | None = None  # alternatives listed per token; None: no logprobs
+
+    @property
+    def has_penalties(self) -> bool:
+        return (
+            self.presence_penalty != 0.0
+            or self.frequency_penalty != 0.0
+            or self.repetition_penalty != 1.0
+        )
 
 
 @dataclass(frozen=True)
@@ -34,11 +49,23 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability, and the likeliest alternatives'."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), likeliest first
+
+
+@dataclass(frozen=True)
 class TokenEvent:
     """New text for the client; never part of a stop string or of a UTF-8 char."""
 
     text: str
     token_count: int  # tokens generated so far by the request, this one included
+    # Asked-for logprobs of the tokens generated since the previous event: text
+    # held back delays them too, so they travel with the text they produced.
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from engine.request import (
     GenerationRequest,
     RequestHandle,
     RequestState,
+    TokenLogprob,
 )
 
 
@@ -28,6 +29,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
     num_cached: int = 0  # tokens already in the KV cache
+    unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
 
     @property
     def request_id(self) -> str:

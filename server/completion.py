@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
-from engine.errors import EngineStoppedError
-from engine.request import ErrorEvent, FinishEvent, TokenEvent
-from server.access_log import RequestRecord
-from server.errors import stream_error_data
-from server.generation import EventStream
+from engine.request import Event, FinishEvent, TokenEvent, TokenLogprob
+from server.choices import ChoiceOutput, Tally
+from server.generation import ChoiceStreams
+from server.logprobs import TokenPieces, chat_logprobs
 from server.schemas.chat_response import (
     AssistantMessage,
     ChatCompletion,
@@ -22,9 +21,8 @@ from server.schemas.chat_response import (
     FinishReason,
     Usage,
 )
-
-SseEvent = dict[str, str]
-DONE: SseEvent = {"data": "[DONE]"}
+from server.schemas.logprobs import ChoiceLogprobs
+from server.sse import SseEvent, relay
 
 
 def new_completion_id() -> str:
@@ -37,29 +35,56 @@ class ChunkWriter:
 
     completion_id: str
     model: str
+    pieces: TokenPieces
     include_usage: bool = False
+    wants_logprobs: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
 
     def choice(
-        self, delta: Delta, finish_reason: FinishReason | None = None
+        self,
+        index: int,
+        delta: Delta,
+        finish_reason: FinishReason | None = None,
+        logprobs: Sequence[TokenLogprob] = (),
     ) -> SseEvent:
-        choice = ChunkChoice(delta=delta, finish_reason=finish_reason)
+        choice = ChunkChoice(
+            index=index,
+            delta=delta,
+            logprobs=chat_logprobs(logprobs, self.pieces) if logprobs else None,
+            finish_reason=finish_reason,
+        )
         return self._event(self._chunk([choice]))
+
+    def chunk_for(self, index: int, event: Event) -> SseEvent | None:
+        match event:
+            case TokenEvent(text=text, logprobs=logprobs) if text or logprobs:
+                return self.choice(index, Delta(content=text), logprobs=logprobs)
+            case FinishEvent(reason=reason):
+                return self.choice(index, Delta(), reason)
+        return None
 
     def usage(self, usage: Usage) -> SseEvent:
         return self._event(self._chunk([], usage))
 
-    def completion(self, text: str, finish: FinishEvent) -> ChatCompletion:
-        choice = Choice(
-            message=AssistantMessage(content=text), finish_reason=finish.reason
-        )
+    def completion(self, outputs: list[ChoiceOutput], usage: Usage) -> ChatCompletion:
         return ChatCompletion(
             id=self.completion_id,
             created=self.created,
             model=self.model,
-            choices=[choice],
-            usage=usage_of(finish),
+            choices=[self._whole(i, output) for i, output in enumerate(outputs)],
+            usage=usage,
         )
+
+    def _whole(self, index: int, output: ChoiceOutput) -> Choice:
+        return Choice(
+            index=index,
+            message=AssistantMessage(content=output.text),
+            logprobs=self._logprobs(output.logprobs),
+            finish_reason=output.finish_reason,
+        )
+
+    def _logprobs(self, entries: list[TokenLogprob]) -> ChoiceLogprobs | None:
+        return chat_logprobs(entries, self.pieces) if self.wants_logprobs else None
 
     def _chunk(
         self, choices: list[ChunkChoice], usage: Usage | None = None
@@ -79,67 +104,17 @@ class ChunkWriter:
         return {"data": chunk.model_dump_json(exclude=exclude)}
 
 
-def usage_of(finish: FinishEvent) -> Usage:
-    return Usage.of(finish.prompt_tokens, finish.completion_tokens)
-
-
-def note_finish(record: RequestRecord, finish: FinishEvent) -> None:
-    record.outcome = finish.reason
-    record.prompt_tokens = finish.prompt_tokens
-    record.completion_tokens = finish.completion_tokens
-
-
-async def collect(
-    stream: EventStream, record: RequestRecord
-) -> tuple[str, FinishEvent]:
-    """The whole text and the finish of a request; an engine error is raised."""
-    parts: list[str] = []
-    async for event in stream.events():
-        match event:
-            case TokenEvent(text=text, token_count=count):
-                parts.append(text)
-                record.completion_tokens = count
-            case FinishEvent():
-                note_finish(record, event)
-                return "".join(parts), event
-            case ErrorEvent(error=error):
-                record.outcome = "error"
-                raise error
-    raise EngineStoppedError("the engine ended the request without finishing it")
-
-
-async def stream_events(
-    stream: EventStream, writer: ChunkWriter, record: RequestRecord
+def stream_events(
+    streams: ChoiceStreams, writer: ChunkWriter, tally: Tally
 ) -> AsyncIterator[SseEvent]:
-    """SSE events of a streamed completion; the request is dropped if abandoned."""
-    try:
-        yield writer.choice(Delta(role="assistant", content=""))
-        async for event in stream.events():
-            for sse_event in _events_for(event, writer, record):
-                yield sse_event
-    finally:
-        # Runs when the client goes away too: sse-starlette cancels the generator.
-        if not stream.is_done:
-            record.outcome = "cancelled"
-        stream.cancel()
+    """SSE events of a streamed chat completion.
 
-
-def _events_for(
-    event: TokenEvent | FinishEvent | ErrorEvent,
-    writer: ChunkWriter,
-    record: RequestRecord,
-) -> list[SseEvent]:
-    match event:
-        case TokenEvent(text=text, token_count=count):
-            record.completion_tokens = count  # kept current for a cancelled log
-            return [writer.choice(Delta(content=text))] if text else []
-        case FinishEvent():
-            note_finish(record, event)
-            finish = [writer.choice(Delta(), event.reason)]
-            usage = [writer.usage(usage_of(event))] if writer.include_usage else []
-            return [*finish, *usage, DONE]
-        case ErrorEvent(error=error):
-            # The status line is already sent; the error travels in the stream,
-            # which then ends without [DONE].
-            record.outcome = "error"
-            return [{"data": stream_error_data(error)}]
+    Each choice opens with its role chunk and closes with its finish chunk;
+    the usage of all choices, if asked for, comes after the last of them.
+    """
+    roles = [
+        writer.choice(index, Delta(role="assistant", content=""))
+        for index in range(streams.num_choices)
+    ]
+    usage_for = writer.usage if writer.include_usage else None
+    return relay(streams, tally, roles, writer.chunk_for, usage_for)

@@ -24,17 +24,27 @@ class ModelNotFound(ApiError):
 
 
 class ContextLengthExceeded(ApiError):
-    param = "messages"
     code = "context_length_exceeded"
 
     def __init__(
-        self, prompt_tokens: int, context_length: int, is_lower_bound: bool = False
+        self,
+        prompt_tokens: int,
+        context_length: int,
+        is_lower_bound: bool = False,
+        param: str = "messages",
     ) -> None:
         count = f"at least {prompt_tokens}" if is_lower_bound else str(prompt_tokens)
         super().__init__(
-            f"the messages take {count} tokens but the model's context holds "
-            f"{context_length} tokens, including the completion; shorten them"
+            f"'{param}' is {count} tokens long but the model's context holds "
+            f"{context_length} tokens, including the completion; shorten it"
         )
+        self.param = param
+
+
+class EmptyPrompt(ApiError):
+    def __init__(self, param: str) -> None:
+        super().__init__(f"'{param}' gives no tokens to complete")
+        self.param = param
 
 
 class InvalidMessages(ApiError):
@@ -51,3 +61,13 @@ class NoChatTemplate(ApiError):
 
     def __init__(self) -> None:
         super().__init__("the model has no chat template, so it cannot take messages")
+
+
+class UnknownTokens(ApiError):
+    param = "tokens"
+
+    def __init__(self, position: int, token_id: int, vocab_size: int) -> None:
+        super().__init__(
+            f"tokens[{position}] is {token_id}, not an id of the vocabulary "
+            f"[0, {vocab_size})"
+        )

@@ -8,7 +8,12 @@ from functools import lru_cache
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
-from server.exceptions import ContextLengthExceeded, InvalidMessages, NoChatTemplate
+from server.exceptions import (
+    ContextLengthExceeded,
+    EmptyPrompt,
+    InvalidMessages,
+    NoChatTemplate,
+)
 from server.schemas.chat_request import ChatCompletionRequest, Message
 
 
@@ -23,13 +28,23 @@ def build_prompt(
     tokenizer: PreTrainedTokenizerBase,
     context_length: int,
 ) -> Prompt:
-    _refuse_certainly_too_long(request.messages, tokenizer, context_length)
+    characters = sum(len(message.text) for message in request.messages)
+    refuse_certainly_too_long(characters, tokenizer, context_length, "messages")
     ids = encode_messages(request.messages, tokenizer)
+    return fit_prompt(ids, request.requested_max_tokens, context_length, "messages")
+
+
+def fit_prompt(
+    ids: list[int], requested: int | None, context_length: int, param: str
+) -> Prompt:
+    """The prompt with its completion cap, refused if nothing fits after it."""
+    if not ids:
+        raise EmptyPrompt(param)
     # At least one position must stay free for the first generated token.
     if len(ids) >= context_length:
-        raise ContextLengthExceeded(len(ids), context_length)
+        raise ContextLengthExceeded(len(ids), context_length, param=param)
     room = context_length - len(ids)
-    return Prompt(ids, completion_budget(request.requested_max_tokens, room))
+    return Prompt(ids, completion_budget(requested, room))
 
 
 def completion_budget(requested: int | None, room: int) -> int:
@@ -37,8 +52,11 @@ def completion_budget(requested: int | None, room: int) -> int:
     return room if requested is None else min(requested, room)
 
 
-def _refuse_certainly_too_long(
-    messages: list[Message], tokenizer: PreTrainedTokenizerBase, context_length: int
+def refuse_certainly_too_long(
+    characters: int,
+    tokenizer: PreTrainedTokenizerBase,
+    context_length: int,
+    param: str,
 ) -> None:
     """Refuses, without tokenizing, text that cannot fit whatever its tokens.
 
@@ -47,10 +65,9 @@ def _refuse_certainly_too_long(
     below. (A normalizer that deletes characters could break the bound; the
     tokenizers served here do not.)
     """
-    characters = sum(len(message.text) for message in messages)
     at_least = characters // _longest_token_length(tokenizer)
     if at_least >= context_length:
-        raise ContextLengthExceeded(at_least, context_length, is_lower_bound=True)
+        raise ContextLengthExceeded(at_least, context_length, True, param)
 
 
 @lru_cache(maxsize=4)

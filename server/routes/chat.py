@@ -2,23 +2,19 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
-from engine.request import GenerationRequest, SamplingParams
 from server.access_log import RequestRecord
-from server.completion import (
-    ChunkWriter,
-    collect,
-    new_completion_id,
-    stream_events,
-)
-from server.generation import EventStream
-from server.prompt import Prompt, build_prompt
+from server.choices import Tally, choice_requests, collect
+from server.completion import ChunkWriter, new_completion_id, stream_events
+from server.disconnect import unless_gone
+from server.generation import ChoiceStreams
+from server.logprobs import pieces_of
+from server.prompt import build_prompt
 from server.schemas.chat_request import ChatCompletionRequest
 from server.schemas.chat_response import ChatCompletion
 from server.served_model import ServedModel
@@ -26,9 +22,6 @@ from server.served_model import ServedModel
 logger = logging.getLogger(__name__)
 
 router = APIRouter()
-
-# Not a standard status: it marks, in the access log, a client that left early.
-CLIENT_CLOSED_REQUEST = 499
 
 
 @router.post("/v1/chat/completions", response_model=None)
@@ -45,54 +38,26 @@ async def create_chat_completion(
     prompt = await run_in_threadpool(
         build_prompt, body, engine.tokenizer, engine.context_length
     )
-    writer = ChunkWriter(new_completion_id(), served.id, body.include_usage)
-    stream = EventStream.submit(engine, _generation_request(writer, body, prompt))
+    logprobs = body.requested_logprobs
+    writer = ChunkWriter(
+        new_completion_id(),
+        served.id,
+        pieces_of(engine.tokenizer),
+        body.include_usage,
+        wants_logprobs=logprobs is not None,
+    )
+    params = body.sampling_params(prompt.max_tokens, logprobs)
+    requests = choice_requests(writer.completion_id, [(prompt.ids, params)], body.n)
+    streams = ChoiceStreams.submit(engine, requests)
 
-    record = RequestRecord(writer.completion_id, prompt_tokens=len(prompt.ids))
-    request.state.record = record
+    tally = Tally(RequestRecord(writer.completion_id, prompt_tokens=len(prompt.ids)))
+    request.state.record = tally.record
     if body.is_streamed:
         # Headers go out at once: with layers streamed from disk the first token
         # can take long, and an open stream with pings keeps proxies waiting.
-        events = stream_events(stream, writer, record)
+        events = stream_events(streams, writer, tally)
         return EventSourceResponse(events, sep="\n")
-    return await _complete_unless_gone(request, stream, writer, record)
-
-
-def _generation_request(
-    writer: ChunkWriter, body: ChatCompletionRequest, prompt: Prompt
-) -> GenerationRequest:
-    params = SamplingParams(
-        max_tokens=prompt.max_tokens,
-        temperature=1.0 if body.temperature is None else body.temperature,
-        top_p=1.0 if body.top_p is None else body.top_p,
-        seed=body.seed,
-        stop=tuple(body.stop or ()),
-    )
-    return GenerationRequest(writer.completion_id, prompt.ids, params)
-
-
-async def _complete_unless_gone(
-    request: Request, stream: EventStream, writer: ChunkWriter, record: RequestRecord
-) -> ChatCompletion | Response:
-    collecting = asyncio.ensure_future(collect(stream, record))
-    gone = asyncio.ensure_future(_wait_for_disconnect(request))
-    try:
-        await asyncio.wait({collecting, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        # The client left, or the server is stopping: free the engine's place.
-        is_abandoned = not collecting.done()
-        if is_abandoned:
-            collecting.cancel()
-            stream.cancel()
-    if is_abandoned:
-        record.outcome = "cancelled"
-        return Response(status_code=CLIENT_CLOSED_REQUEST)
-    text, finish = collecting.result()
-    return writer.completion(text, finish)
-
-
-async def _wait_for_disconnect(request: Request) -> None:
-    # The body is already read, so the next message is the disconnect.
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
+    outputs = await unless_gone(request, collect(streams, tally), streams, tally)
+    if isinstance(outputs, Response):
+        return outputs
+    return writer.completion(outputs, tally.usage)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
-    ConfigDict,
     Field,
     StrictBool,
     StrictInt,
@@ -15,23 +13,9 @@ from pydantic import (
     field_validator,
 )
 
+from server.schemas.sampling import MAX_TOP_LOGPROBS, SamplingFields, Text
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
-
-# torch seeds are 64-bit; OpenAI documents no range, so the signed one is taken.
-SEED_RANGE = (-(2**63), 2**63 - 1)
-
-
-def _encodable(text: str) -> str:
-    # JSON may carry lone UTF-16 surrogates ("\ud83c"); no tokenizer can encode
-    # them, so they are refused here rather than failing deep in the template.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"text is not valid Unicode ({error.reason})") from None
-    return text
-
-
-Text = Annotated[str, AfterValidator(_encodable)]
 
 
 class TextPart(BaseModel):
@@ -70,47 +54,20 @@ class Message(BaseModel):
         return "\n".join(part.text for part in self.content or [])
 
 
-class StreamOptions(BaseModel):
-    include_usage: bool = False
-
-
-StopList = Annotated[list[Text], Field(max_length=4)]
-
-
-class ChatCompletionRequest(BaseModel):
-    # Fields of the OpenAI API this server does not use yet are accepted and
-    # ignored, as clients send many of them by default.
-    model_config = ConfigDict(extra="allow")
-
-    model: str
+class ChatCompletionRequest(SamplingFields):
     messages: list[Message] = Field(min_length=1)
-    # Strict: OpenAI refuses "3" or true for a count, and so does this server.
     max_tokens: StrictInt | None = Field(default=None, ge=1)
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
-    seed: StrictInt | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    stop: StopList | None = None
-    stream: StrictBool | None = None
-    stream_options: StreamOptions | None = None
-    n: StrictInt = Field(default=1, ge=1)
+    logprobs: StrictBool | None = None
+    top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
-    @field_validator("stop", mode="before")
+    @field_validator("top_logprobs")
     @classmethod
-    def _wrap_stop_string(cls, stop: Any) -> Any:
-        return [stop] if isinstance(stop, str) else stop
-
-    @field_validator("n")
-    @classmethod
-    def _single_choice(cls, n: int) -> int:
-        if n != 1:
-            raise ValueError(f"n={n} is not supported; only one choice per request")
-        return n
-
-    @field_validator("n", mode="before")
-    @classmethod
-    def _null_n_is_one(cls, n: Any) -> Any:
-        return 1 if n is None else n
+    def _needs_logprobs(cls, top: int | None, info: ValidationInfo) -> int | None:
+        # As OpenAI: alternatives are only listed beside the tokens' own logprobs.
+        if top is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs set to true")
+        return top
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -118,13 +75,6 @@ class ChatCompletionRequest(BaseModel):
         return self.max_completion_tokens or self.max_tokens
 
     @property
-    def is_streamed(self) -> bool:
-        return bool(self.stream)
-
-    @property
-    def include_usage(self) -> bool:
-        return self.stream_options is not None and self.stream_options.include_usage
-
-    @property
-    def ignored_fields(self) -> list[str]:
-        return sorted(self.model_extra or {})
+    def requested_logprobs(self) -> int | None:
+        """Alternatives to list per token, or None when no logprobs are wanted."""
+        return (self.top_logprobs or 0) if self.logprobs else None

@@ -71,7 +71,17 @@ def test_missing_messages_is_a_400_naming_messages(client: TestClient) -> None:
         ({"temperature": 2.5}, "temperature"),
         ({"top_p": 0}, "top_p"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
-        ({"n": 3}, "n"),
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+        ({"logit_bias": {"5": 101}}, "logit_bias.5"),
+        ({"logit_bias": {"five": 1}}, "logit_bias.five.[key]"),
+        ({"presence_penalty": -2.5}, "presence_penalty"),
+        ({"frequency_penalty": 3}, "frequency_penalty"),
+        ({"repetition_penalty": 0}, "repetition_penalty"),
+        ({"top_k": -2}, "top_k"),
+        ({"min_p": 1.5}, "min_p"),
         ({"messages": []}, "messages"),
         ({"messages": [{"role": "user"}]}, "messages.0.content"),
         ({"messages": [{"role": "robot", "content": "hi"}]}, "messages.0.role"),
@@ -89,10 +99,10 @@ def test_invalid_field_is_a_400_naming_it(
     assert (status, _error(status, body)["param"]) == (400, param)
 
 
-def test_n_above_one_says_it_is_unsupported(client: TestClient) -> None:
-    status, body = _post(client, n=3)
+def test_top_logprobs_without_logprobs_says_why(client: TestClient) -> None:
+    status, body = _post(client, top_logprobs=2)
 
-    assert "n=3 is not supported" in _error(status, body)["message"]
+    assert "needs logprobs" in _error(status, body)["message"]
 
 
 def test_unknown_model_is_a_404_model_not_found(client: TestClient) -> None:

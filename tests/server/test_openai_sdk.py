@@ -20,9 +20,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import torch
 from openai import AsyncOpenAI, OpenAI
+from openai.types import Completion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from tests.conftest import store_home
 
@@ -313,3 +315,141 @@ def test_async_client_streams_the_same_answer(
     server_port: int, answer: ChatCompletion
 ) -> None:
     assert asyncio.run(_stream_async(server_port)) == answer.choices[0].message.content
+
+
+COMPLETION_PROMPT = "Here is a list of three fruits:\n1."
+
+
+@pytest.fixture(scope="module")
+def text_completion(client: OpenAI) -> Completion:
+    return client.completions.create(
+        model=MODEL, prompt=COMPLETION_PROMPT, temperature=0, max_tokens=16
+    )
+
+
+def test_completion_answers_a_text_prompt(text_completion: Completion) -> None:
+    choice = text_completion.choices[0]
+
+    assert text_completion.object == "text_completion"
+    assert choice.text.strip()
+    assert choice.finish_reason == "length"
+    assert text_completion.usage is not None
+    assert text_completion.usage.completion_tokens == 16
+
+
+def test_completion_stops_at_a_plain_string_stop(
+    client: OpenAI, text_completion: Completion
+) -> None:
+    whole = text_completion.choices[0].text
+    assert "\n" in whole, "the prompt no longer leads the model to a newline"
+
+    reply = client.completions.create(
+        model=MODEL, prompt=COMPLETION_PROMPT, temperature=0, max_tokens=16, stop="\n"
+    )
+
+    assert reply.choices[0].text == whole[: whole.index("\n")]
+    assert reply.choices[0].finish_reason == "stop"
+
+
+def test_completion_stream_adds_up_to_the_whole_text(
+    client: OpenAI, text_completion: Completion
+) -> None:
+    chunks = list(
+        client.completions.create(
+            model=MODEL,
+            prompt=COMPLETION_PROMPT,
+            temperature=0,
+            max_tokens=16,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+
+    text = "".join(chunk.choices[0].text for chunk in chunks if chunk.choices)
+    assert text == text_completion.choices[0].text
+    assert chunks[-1].usage == text_completion.usage
+
+
+def test_chat_stream_helper_gives_the_whole_answer(
+    client: OpenAI, answer: ChatCompletion
+) -> None:
+    with client.chat.completions.stream(
+        model=MODEL, messages=QUESTION, temperature=0, max_tokens=ANSWER_MAX_TOKENS
+    ) as stream:
+        deltas = [e.delta for e in stream if e.type == "content.delta"]
+        final = stream.get_final_completion()
+
+    content = answer.choices[0].message.content
+    assert "".join(deltas) == content
+    assert final.choices[0].message.content == content
+
+
+def test_several_choices_each_come_with_their_index(client: OpenAI) -> None:
+    # That a seed reproduces them is checked on a tiny model, quicker to run.
+    reply = client.chat.completions.create(
+        model=MODEL, messages=QUESTION, temperature=1, seed=1, n=2, max_tokens=3
+    )
+
+    assert [choice.index for choice in reply.choices] == [0, 1]
+    assert reply.usage is not None
+    assert reply.usage.completion_tokens == 2 * 3
+
+
+def test_chat_logprobs_equal_transformers_log_softmax(
+    client: OpenAI, smollm2_dir: Path, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    reply = _complete(client, QUESTION, max_tokens=1, logprobs=True, top_logprobs=5)
+    assert reply.choices[0].logprobs is not None
+    (entry,) = reply.choices[0].logprobs.content or []
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    ids = smollm2_tokenizer.apply_chat_template(
+        QUESTION, add_generation_prompt=True, tokenize=True, return_dict=False
+    )
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0, -1]
+    expected = torch.topk(torch.log_softmax(logits, dim=-1), 5)
+
+    tokens = smollm2_tokenizer.convert_ids_to_tokens(expected.indices.tolist())
+    texts = [smollm2_tokenizer.convert_tokens_to_string([t]) for t in tokens]
+    assert [top.token for top in entry.top_logprobs] == texts
+    got = torch.tensor([top.logprob for top in entry.top_logprobs])
+    assert torch.allclose(got, expected.values, atol=1e-3)
+    assert entry.token == texts[0]  # greedy
+
+
+async def _complete_async(port: int) -> str:
+    base_url = f"http://127.0.0.1:{port}/v1"
+    async with AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0) as aio:
+        reply = await aio.completions.create(
+            model=MODEL, prompt=COMPLETION_PROMPT, temperature=0, max_tokens=16
+        )
+        return reply.choices[0].text
+
+
+def test_async_client_completes_the_same_text(
+    server_port: int, text_completion: Completion
+) -> None:
+    text = asyncio.run(_complete_async(server_port))
+
+    assert text == text_completion.choices[0].text
+
+
+def test_completion_prompt_over_the_context_names_the_prompt(client: OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.completions.create(model=MODEL, prompt="hello " * 10_000, max_tokens=1)
+
+    assert (caught.value.code, caught.value.param) == (
+        "context_length_exceeded",
+        "prompt",
+    )
+
+
+def test_tokenize_counts_the_chat_prompt(
+    server_port: int, answer: ChatCompletion
+) -> None:
+    url = f"http://127.0.0.1:{server_port}/tokenize"
+    counted = httpx.post(url, json={"model": MODEL, "messages": QUESTION}).json()
+
+    assert answer.usage is not None
+    assert counted["count"] == answer.usage.prompt_tokens

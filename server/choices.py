@@ -1,0 +1,102 @@
+"""The choices of one request: gathered whole, and counted for the access log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from engine.request import (
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    FinishReason,
+    GenerationRequest,
+    SamplingParams,
+    TokenEvent,
+    TokenLogprob,
+)
+from engine.sampling import choice_seed
+from server.access_log import RequestRecord
+from server.generation import ChoiceStreams
+from server.schemas.chat_response import Usage
+
+
+def choice_requests(
+    request_id: str, prompts: list[tuple[list[int], SamplingParams]], n: int
+) -> list[GenerationRequest]:
+    """One engine request per choice; prompt p's choices are p*n ... p*n + n-1.
+
+    Choice j of a prompt draws from a generator derived from the seed and j, so
+    a seeded request gives the same choices every time. The choices of a prompt
+    are separate sequences: the prompt is computed, and held in the KV cache,
+    once per choice. Sharing it would need the scheduler to fork a sequence.
+    """
+    requests = []
+    for p, (prompt_ids, params) in enumerate(prompts):
+        for j in range(n):
+            index = p * n + j
+            engine_id = request_id if index == 0 else f"{request_id}-{index}"
+            choice = replace(params, seed=choice_seed(params.seed, j))
+            requests.append(GenerationRequest(engine_id, prompt_ids, choice))
+    return requests
+
+
+@dataclass
+class ChoiceOutput:
+    """Everything one choice produced, once it has finished."""
+
+    pieces: list[str] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    finish_reason: FinishReason = "stop"
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+
+class Tally:
+    """Keeps the request's record current as its choices' events pass by.
+
+    The record's counts are the usage too: the prompt tokens (each prompt
+    once, however many choices share it) and the tokens of every choice.
+    """
+
+    def __init__(self, record: RequestRecord) -> None:
+        self.record = record
+        self.has_failed = False
+        self._counts: dict[int, int] = {}
+        self._reasons: list[str] = []
+
+    def note(self, index: int, event: Event) -> None:
+        match event:
+            case TokenEvent(token_count=count) | FinishEvent(completion_tokens=count):
+                self._counts[index] = count
+                self.record.completion_tokens = sum(self._counts.values())
+        match event:
+            case FinishEvent(reason=reason):
+                if reason not in self._reasons:
+                    self._reasons.append(reason)
+                self.record.outcome = ",".join(self._reasons)
+            case ErrorEvent():
+                self.has_failed = True
+                self.record.outcome = "error"
+
+    @property
+    def usage(self) -> Usage:
+        return Usage.of(self.record.prompt_tokens, self.record.completion_tokens)
+
+
+async def collect(streams: ChoiceStreams, tally: Tally) -> list[ChoiceOutput]:
+    """Every choice whole; the first engine error is raised."""
+    outputs = [ChoiceOutput() for _ in range(streams.num_choices)]
+    async for index, event in streams.events():
+        tally.note(index, event)
+        output = outputs[index]
+        match event:
+            case TokenEvent(text=text, logprobs=logprobs):
+                output.pieces.append(text)
+                output.logprobs.extend(logprobs)
+            case FinishEvent(reason=reason):
+                output.finish_reason = reason
+            case ErrorEvent(error=error):
+                raise error
+    return outputs

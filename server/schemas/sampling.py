@@ -1,0 +1,115 @@
+"""Request fields chat and text completions share: sampling, stopping, streaming."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, TypeVar
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    field_validator,
+)
+
+from engine.request import SamplingParams
+
+# torch seeds are 64-bit; OpenAI documents no range, so the signed one is taken.
+SEED_RANGE = (-(2**63), 2**63 - 1)
+# OpenAI's own limits on choices per request and on listed alternatives.
+MAX_CHOICES = 128
+MAX_TOP_LOGPROBS = 20
+
+
+def _encodable(text: str) -> str:
+    # JSON may carry lone UTF-16 surrogates ("\ud83c"); no tokenizer can encode
+    # them, so they are refused here rather than failing deep in the template.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise ValueError(f"text is not valid Unicode ({error.reason})") from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_encodable)]
+StopList = Annotated[list[Text], Field(max_length=4)]
+Bias = Annotated[float, Field(ge=-100, le=100)]
+Penalty = Annotated[float, Field(ge=-2, le=2)]
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class SamplingFields(BaseModel):
+    # Fields of the OpenAI API this server does not use yet are accepted and
+    # ignored, as clients send many of them by default.
+    model_config = ConfigDict(extra="allow")
+
+    model: str
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    # Not in OpenAI's API, but common to local servers: -1 or 0 turns it off.
+    top_k: StrictInt | None = Field(default=None, ge=-1)
+    min_p: float | None = Field(default=None, ge=0, le=1)
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
+    repetition_penalty: float | None = Field(
+        default=None, gt=0, le=10, allow_inf_nan=False
+    )
+    # JSON object keys are strings; pydantic reads "50256" as the id 50256.
+    logit_bias: dict[int, Bias] | None = None
+    seed: StrictInt | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    stop: StopList | None = None
+    # Strict: OpenAI refuses "3" or true for a count, and so does this server.
+    n: StrictInt = Field(default=1, ge=1, le=MAX_CHOICES)
+    stream: StrictBool | None = None
+    stream_options: StreamOptions | None = None
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _wrap_stop_string(cls, stop: Any) -> Any:
+        return [stop] if isinstance(stop, str) else stop
+
+    @field_validator("n", mode="before")
+    @classmethod
+    def _null_n_is_one(cls, n: Any) -> Any:
+        return 1 if n is None else n
+
+    @property
+    def is_streamed(self) -> bool:
+        return bool(self.stream)
+
+    @property
+    def include_usage(self) -> bool:
+        return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def ignored_fields(self) -> list[str]:
+        return sorted(self.model_extra or {})
+
+    def sampling_params(self, max_tokens: int, logprobs: int | None) -> SamplingParams:
+        """The engine's parameters; unset fields take OpenAI's defaults."""
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=_or(self.temperature, 1.0),
+            top_p=_or(self.top_p, 1.0),
+            top_k=_or(self.top_k, 0),
+            min_p=_or(self.min_p, 0.0),
+            presence_penalty=_or(self.presence_penalty, 0.0),
+            frequency_penalty=_or(self.frequency_penalty, 0.0),
+            repetition_penalty=_or(self.repetition_penalty, 1.0),
+            logit_bias=tuple(sorted((self.logit_bias or {}).items())),
+            seed=self.seed,
+            stop=tuple(self.stop or ()),
+            logprobs=logprobs,
+        )
+
+
+T = TypeVar("T")
+
+
+def _or(value: T | None, default: T) -> T:
+    return default if value is None else value
