@@ -3,17 +3,29 @@
 Each layer keeps one tensor of fixed-size blocks for all sequences, and a
 sequence owns a list of block ids. New keys and values of a whole sweep go in
 with one indexed copy per layer, and the decoding sequences attend in one call
-per layer: their blocks are gathered side by side and the padding is masked.
-Per-sequence caches would cost one copy of the whole history per token (to
-append) and one attention call per sequence per layer.
+per layer: their blocks are gathered side by side. Per-sequence caches would
+cost one copy of the whole history per token (to append) and one attention
+call per sequence per layer.
+
+A block that is full is also remembered by the tokens that led to it: a later
+sequence starting with the same tokens (a shared system prompt, the earlier
+turns of a chat, the other choices of a request, a preempted sequence coming
+back) takes those blocks instead of computing them again. Blocks nobody holds
+stay remembered until their room is needed.
 """
 
 from __future__ import annotations
+
+import collections
 
 import torch
 
 BLOCK_TOKENS = 16
 _FIRST_BLOCKS = 64
+
+# What a full block is remembered by: the key of the block before it (its hash)
+# and its own tokens, so that equal keys mean equal histories.
+BlockKey = tuple[int, tuple[int, ...]]
 
 
 class KVPool:
@@ -33,11 +45,17 @@ class KVPool:
         self.device = device
         self.max_blocks = max_blocks
         self.num_blocks = 0
+        self.num_reused = 0  # blocks handed to a sequence from the prefix cache
         self._block_shape = (block_tokens, kv_heads, head_dim)
         empty = torch.empty(0, *self._block_shape, dtype=dtype, device=device)
         self._keys = [empty] * num_layers  # each [blocks, block_tokens, heads, dim]
         self._values = [empty] * num_layers
-        self._free: list[int] = []
+        self._holders: list[int] = []  # per block: sequences holding it
+        self._blank: list[int] = []  # free, holding nothing worth keeping
+        # Free but remembered, oldest first: evicted in that order.
+        self._idle: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._by_key: dict[BlockKey, int] = {}
+        self._key_of: dict[int, BlockKey] = {}
 
     @property
     def nbytes(self) -> int:
@@ -45,15 +63,46 @@ class KVPool:
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return len(self._blank) + len(self._idle)
 
     def allocate(self) -> int:
-        if not self._free:
+        """A block for new tokens: a blank one, else the oldest idle one."""
+        if not self._blank and not self._idle:
             self._grow()
-        return self._free.pop()
+        if self._blank:
+            block = self._blank.pop()
+        else:
+            block, _ = self._idle.popitem(last=False)
+            del self._by_key[self._key_of.pop(block)]
+        self._holders[block] = 1
+        return block
 
     def release(self, blocks: list[int]) -> None:
-        self._free.extend(blocks)
+        for block in blocks:
+            self._holders[block] -= 1
+            if self._holders[block] > 0:
+                continue
+            if block in self._key_of:
+                self._idle[block] = None
+            else:
+                self._blank.append(block)
+
+    def remember(self, block: int, key: BlockKey) -> None:
+        """Note that a full block holds the history ``key`` names."""
+        if key not in self._by_key and block not in self._key_of:
+            self._by_key[key] = block
+            self._key_of[block] = key
+
+    def reuse(self, key: BlockKey) -> int | None:
+        """The block remembered for ``key``, now held once more; None if none."""
+        block = self._by_key.get(key)
+        if block is None:
+            return None
+        if self._holders[block] == 0:
+            del self._idle[block]
+        self._holders[block] += 1
+        self.num_reused += 1
+        return block
 
     def write(
         self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
@@ -83,17 +132,39 @@ class KVPool:
         self._keys = [_grown(t, size) for t in self._keys]
         self._values = [_grown(t, size) for t in self._values]
         # Reversed, so that pop() hands out the lowest ids first.
-        self._free.extend(range(size - 1, self.num_blocks - 1, -1))
+        self._blank.extend(range(size - 1, self.num_blocks - 1, -1))
+        self._holders.extend([0] * (size - self.num_blocks))
         self.num_blocks = size
 
 
 class SequenceCache:
-    """One sequence's blocks, and how many of their tokens are filled."""
+    """One sequence's blocks, and the tokens whose keys and values they hold."""
 
     def __init__(self, pool: KVPool) -> None:
         self.pool = pool
         self.blocks: list[int] = []
-        self.length = 0
+        self.tokens: list[int] = []
+        self._keys: list[BlockKey] = []  # of the full blocks, in order
+
+    @property
+    def length(self) -> int:
+        return len(self.tokens)
+
+    def reuse_prefix(self, tokens: list[int]) -> int:
+        """Take the remembered blocks that start ``tokens``; how many tokens they hold.
+
+        At least the last token is left to compute: its logits are needed.
+        """
+        size = self.pool.block_tokens
+        for start in range(0, len(tokens) - size, size):
+            key = self._next_key(tokens[start : start + size])
+            block = self.pool.reuse(key)
+            if block is None:
+                break
+            self.blocks.append(block)
+            self.tokens.extend(key[1])
+            self._keys.append(key)
+        return self.length
 
     def reserve(self, count: int) -> list[int]:
         """Room for ``count`` more tokens; their flat slots in the pool."""
@@ -103,13 +174,22 @@ class SequenceCache:
         positions = range(self.length, self.length + count)
         return [self.blocks[p // size] * size + p % size for p in positions]
 
-    def advance(self, count: int) -> None:
-        self.length += count
+    def advance(self, token_ids: list[int]) -> None:
+        """The keys and values of ``token_ids`` are in; remember blocks now full."""
+        self.tokens.extend(token_ids)
+        size = self.pool.block_tokens
+        for index in range(len(self._keys), self.length // size):
+            key = self._next_key(self.tokens[index * size : (index + 1) * size])
+            self.pool.remember(self.blocks[index], key)
+            self._keys.append(key)
 
     def free(self) -> None:
         self.pool.release(self.blocks)
-        self.blocks = []
-        self.length = 0
+        self.blocks, self.tokens, self._keys = [], [], []
+
+    def _next_key(self, tokens: list[int]) -> BlockKey:
+        parent = hash(self._keys[-1]) if self._keys else 0
+        return parent, tuple(tokens)
 
 
 def _grown(blocks: torch.Tensor, size: int) -> torch.Tensor:

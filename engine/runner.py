@@ -121,7 +121,7 @@ class ModelRunner:
             self._run_layer(index, layer, batch, stats)
         logits = self._logits(batch, inputs)
         for item in inputs:
-            item.cache.advance(len(item.token_ids))
+            item.cache.advance(item.token_ids)
         self.last_sweep = stats
         return logits
 

@@ -60,10 +60,14 @@ class Sequence:
         return len(self.pending_ids) > 1 or self.num_cached == 0
 
     def start(self, cache: SequenceCache) -> None:
-        """Join the batch; after a preemption the text so far is computed again."""
+        """Join the batch, computing only what no remembered block holds.
+
+        After a preemption that is often nothing but the last partial block.
+        """
+        tokens = list(self.request.prompt_ids) + self.output_ids
         self.cache = cache
-        self.num_cached = 0
-        self.pending_ids = list(self.request.prompt_ids) + self.output_ids
+        self.num_cached = cache.reuse_prefix(tokens)
+        self.pending_ids = tokens[self.num_cached :]
         self.state = RequestState.RUNNING
 
     def consumed(self, count: int) -> None:
