@@ -92,6 +92,11 @@ class Engine:
         return len(self._scheduler.running)
 
     @property
+    def stop_token_ids(self) -> frozenset[int]:
+        """Tokens that end a sequence; a constraint must leave them allowed."""
+        return self._stop_token_ids
+
+    @property
     def is_alive(self) -> bool:
         return not self._has_exited and not self._stopping.is_set()
 
@@ -106,6 +111,7 @@ class Engine:
             sink=sink,
             text=TextStream(self.tokenizer, request.params.stop),
             generator=make_generator(request.params.seed),
+            constraint=request.constraint() if request.constraint else None,
         )
         self._scheduler.add(sequence)
         return handle
@@ -204,14 +210,21 @@ class Engine:
             self._fail([sequence], error)
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
+        constraint = sequence.constraint
+        if constraint is not None:
+            logits = constraint.mask(logits)
         token = sample_next(logits, sequence.request.params, sequence.generator)
         if token in self._stop_token_ids:
             self._finish(sequence, "stop")
             return
         sequence.output_ids.append(token)
         sequence.pending_ids = [token]
+        if constraint is not None:
+            constraint.accept(token)
         self._emit(sequence, sequence.text.push(token))
-        if sequence.text.stopped:
+        # A finished grammar admits only a stop token: end now, saving a sweep.
+        is_grammar_done = constraint is not None and constraint.is_finished
+        if sequence.text.stopped or is_grammar_done:
             self._finish(sequence, "stop")
         elif self._at_limit(sequence):
             self._finish(sequence, "length")

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import DynamicCache
 
+from engine.constraint import TokenConstraint
 from engine.detokenize import TextStream
 from engine.request import (
     EventSink,
@@ -28,6 +29,7 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
     num_cached: int = 0  # tokens already in the KV cache
+    constraint: TokenConstraint | None = None
 
     @property
     def request_id(self) -> str:

@@ -12,6 +12,7 @@ from engine.request import ErrorEvent, FinishEvent, TokenEvent
 from server.access_log import RequestRecord
 from server.errors import stream_error_data
 from server.generation import EventStream
+from server.reply import Reply, split_whole, tool_call
 from server.schemas.chat_response import (
     AssistantMessage,
     ChatCompletion,
@@ -20,8 +21,11 @@ from server.schemas.chat_response import (
     ChunkChoice,
     Delta,
     FinishReason,
+    FunctionCallDelta,
+    ToolCallDelta,
     Usage,
 )
+from server.tool_calls import Piece
 
 SseEvent = dict[str, str]
 DONE: SseEvent = {"data": "[DONE]"}
@@ -39,6 +43,7 @@ class ChunkWriter:
     model: str
     include_usage: bool = False
     created: int = field(default_factory=lambda: int(time.time()))
+    tool_names: frozenset[str] = frozenset()  # calls to parse out of the text
 
     def choice(
         self, delta: Delta, finish_reason: FinishReason | None = None
@@ -50,8 +55,11 @@ class ChunkWriter:
         return self._event(self._chunk([], usage))
 
     def completion(self, text: str, finish: FinishEvent) -> ChatCompletion:
+        reply = Reply(self.tool_names)
+        content, calls = split_whole(text, reply)
+        message = AssistantMessage(content=content, tool_calls=calls or None)
         choice = Choice(
-            message=AssistantMessage(content=text), finish_reason=finish.reason
+            message=message, finish_reason=reply.finish_reason(finish.reason)
         )
         return ChatCompletion(
             id=self.completion_id,
@@ -112,10 +120,11 @@ async def stream_events(
     stream: EventStream, writer: ChunkWriter, record: RequestRecord
 ) -> AsyncIterator[SseEvent]:
     """SSE events of a streamed completion; the request is dropped if abandoned."""
+    reply = Reply(writer.tool_names)
     try:
         yield writer.choice(Delta(role="assistant", content=""))
         async for event in stream.events():
-            for sse_event in _events_for(event, writer, record):
+            for sse_event in _events_for(event, writer, record, reply):
                 yield sse_event
     finally:
         # Runs when the client goes away too: sse-starlette cancels the generator.
@@ -128,14 +137,16 @@ def _events_for(
     event: TokenEvent | FinishEvent | ErrorEvent,
     writer: ChunkWriter,
     record: RequestRecord,
+    reply: Reply,
 ) -> list[SseEvent]:
     match event:
         case TokenEvent(text=text, token_count=count):
             record.completion_tokens = count  # kept current for a cancelled log
-            return [writer.choice(Delta(content=text))] if text else []
+            return _piece_events(reply.feed(text), writer, reply)
         case FinishEvent():
             note_finish(record, event)
-            finish = [writer.choice(Delta(), event.reason)]
+            rest = _piece_events(reply.finish(), writer, reply)
+            finish = [*rest, writer.choice(Delta(), reply.finish_reason(event.reason))]
             usage = [writer.usage(usage_of(event))] if writer.include_usage else []
             return [*finish, *usage, DONE]
         case ErrorEvent(error=error):
@@ -143,3 +154,23 @@ def _events_for(
             # which then ends without [DONE].
             record.outcome = "error"
             return [{"data": stream_error_data(error)}]
+
+
+def _piece_events(
+    pieces: list[Piece], writer: ChunkWriter, reply: Reply
+) -> list[SseEvent]:
+    return [writer.choice(_delta(piece, reply)) for piece in pieces]
+
+
+def _delta(piece: Piece, reply: Reply) -> Delta:
+    if isinstance(piece, str):
+        return Delta(content=piece)
+    # A call goes out whole, once parsed: one item with all its fields.
+    call = tool_call(piece)
+    function = FunctionCallDelta(
+        name=call.function.name, arguments=call.function.arguments
+    )
+    item = ToolCallDelta(
+        index=reply.next_call_index(), id=call.id, type="function", function=function
+    )
+    return Delta(tool_calls=[item])

@@ -51,3 +51,11 @@ class NoChatTemplate(ApiError):
 
     def __init__(self) -> None:
         super().__init__("the model has no chat template, so it cannot take messages")
+
+
+class UnenforceableOutput(ApiError):
+    """The grammar for the answer's required form does not compile."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param} cannot be enforced: {reason}")
+        self.param = param

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Request, Response
 from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
+from engine.constraint import ConstraintFactory
 from engine.request import GenerationRequest, SamplingParams
 from server.access_log import RequestRecord
 from server.completion import (
@@ -18,6 +19,7 @@ from server.completion import (
     stream_events,
 )
 from server.generation import EventStream
+from server.output_constraint import output_constraint
 from server.prompt import Prompt, build_prompt
 from server.schemas.chat_request import ChatCompletionRequest
 from server.schemas.chat_response import ChatCompletion
@@ -45,8 +47,15 @@ async def create_chat_completion(
     prompt = await run_in_threadpool(
         build_prompt, body, engine.tokenizer, engine.context_length
     )
-    writer = ChunkWriter(new_completion_id(), served.id, body.include_usage)
-    stream = EventStream.submit(engine, _generation_request(writer, body, prompt))
+    constraint = await run_in_threadpool(
+        output_constraint, body, engine.tokenizer, engine.stop_token_ids
+    )
+    tool_names = frozenset(tool.function.name for tool in body.offered_tools)
+    writer = ChunkWriter(
+        new_completion_id(), served.id, body.include_usage, tool_names=tool_names
+    )
+    generation = _generation_request(writer, body, prompt, constraint)
+    stream = EventStream.submit(engine, generation)
 
     record = RequestRecord(writer.completion_id, prompt_tokens=len(prompt.ids))
     request.state.record = record
@@ -59,7 +68,10 @@ async def create_chat_completion(
 
 
 def _generation_request(
-    writer: ChunkWriter, body: ChatCompletionRequest, prompt: Prompt
+    writer: ChunkWriter,
+    body: ChatCompletionRequest,
+    prompt: Prompt,
+    constraint: ConstraintFactory | None,
 ) -> GenerationRequest:
     params = SamplingParams(
         max_tokens=prompt.max_tokens,
@@ -68,7 +80,7 @@ def _generation_request(
         seed=body.seed,
         stop=tuple(body.stop or ()),
     )
-    return GenerationRequest(writer.completion_id, prompt.ids, params)
+    return GenerationRequest(writer.completion_id, prompt.ids, params, constraint)
 
 
 async def _complete_unless_gone(

@@ -15,6 +15,9 @@ from pydantic import (
     field_validator,
 )
 
+from server.schemas.response_format import ResponseFormat
+from server.schemas.tools import Tool, ToolCall, ToolChoice
+
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
 # torch seeds are 64-bit; OpenAI documents no range, so the signed one is taken.
@@ -34,9 +37,22 @@ def _encodable(text: str) -> str:
 Text = Annotated[str, AfterValidator(_encodable)]
 
 
+# Parts a text-only model cannot read; named so the refusal can say what came.
+MEDIA_PARTS = frozenset({"image_url", "input_audio", "image", "audio", "file"})
+
+
 class TextPart(BaseModel):
     type: Literal["text"]
     text: Text
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _text_only(cls, kind: Any) -> Any:
+        if kind in MEDIA_PARTS:
+            raise ValueError(
+                f"{kind} parts are not supported: the served model reads text only"
+            )
+        return kind
 
 
 class Message(BaseModel):
@@ -44,6 +60,9 @@ class Message(BaseModel):
     # A plain string arrives here already wrapped as one text part, so the rest
     # of the server sees a single shape.
     content: list[TextPart] | None = Field(default=None, validate_default=True)
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant turns only
+    tool_call_id: str | None = None  # tool turns: the call answered
 
     @field_validator("content", mode="before")
     @classmethod
@@ -94,6 +113,24 @@ class ChatCompletionRequest(BaseModel):
     stream: StrictBool | None = None
     stream_options: StreamOptions | None = None
     n: StrictInt = Field(default=1, ge=1)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(
+        cls, choice: ToolChoice | None, info: ValidationInfo
+    ) -> ToolChoice | None:
+        names = [tool.function.name for tool in info.data.get("tools") or []]
+        if choice in ("required", None, "none", "auto"):
+            if choice == "required" and not names:
+                raise ValueError("'required' needs at least one tool in tools")
+            return choice
+        if choice.function.name not in names:
+            raise ValueError(f"no tool named {choice.function.name!r} in tools")
+        return choice
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -124,6 +161,11 @@ class ChatCompletionRequest(BaseModel):
     @property
     def include_usage(self) -> bool:
         return self.stream_options is not None and self.stream_options.include_usage
+
+    @property
+    def offered_tools(self) -> list[Tool]:
+        """The tools the model may call: none at all with tool_choice "none"."""
+        return [] if self.tool_choice == "none" else list(self.tools or [])
 
     @property
     def ignored_fields(self) -> list[str]:

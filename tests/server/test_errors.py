@@ -132,17 +132,17 @@ def test_template_that_rejects_the_messages_is_a_400(
     tokenizer = fake_engine.tokenizer
     original = tokenizer.chat_template
     tokenizer.chat_template = (
-        "{% if messages[0]['role'] == 'system' %}"
-        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% if messages[0]['role'] == 'assistant' %}"
+        "{{ raise_exception('Conversations must start with a user') }}{% endif %}"
     )
     try:
-        status, body = _post(client, messages=[{"role": "system", "content": "Hi"}])
+        status, body = _post(client, messages=[{"role": "assistant", "content": "Hi"}])
     finally:
         tokenizer.chat_template = original
 
     error = _error(status, body)
     assert (status, error["param"]) == (400, "messages")
-    assert "System role not supported" in error["message"]
+    assert "Conversations must start with a user" in error["message"]
 
 
 def test_full_queue_is_a_503_with_retry_after(
