@@ -21,7 +21,6 @@ from server.grammar import (
     lark_grammar,
 )
 from server.schemas.chat_request import ChatCompletionRequest
-from server.schemas.response_format import JsonObjectFormat, JsonSchemaFormat
 from server.schemas.tools import Tool
 from server.tool_calls import CLOSE, OPEN
 
@@ -32,12 +31,12 @@ def output_grammar(request: ChatCompletionRequest) -> str | None:
     if forced:
         is_parallel = len(forced) > 1 and request.parallel_tool_calls is not False
         return tool_call_grammar(forced, is_parallel)
-    match request.response_format:
-        case JsonObjectFormat():
-            return json_schema_grammar({"type": "object"})
-        case JsonSchemaFormat(json_schema=spec):
-            return json_schema_grammar(spec.json_schema)
-    return None
+    answer_format = request.response_format
+    if answer_format is None or answer_format.type == "text":
+        return None
+    if answer_format.json_schema is not None and answer_format.type == "json_schema":
+        return json_schema_grammar(answer_format.json_schema.json_schema)
+    return json_schema_grammar({"type": "object"})
 
 
 def forced_tools(request: ChatCompletionRequest) -> list[Tool]:
@@ -64,7 +63,18 @@ def tool_call_grammar(tools: list[Tool], is_parallel: bool) -> str:
 
 def _any_call_schema(tools: list[Tool]) -> dict[str, Any]:
     schemas = [_call_schema(tool) for tool in tools]
-    return schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    root = schemas[0] if len(schemas) == 1 else {"anyOf": schemas}
+    # Parameters refer to their definitions from their own root ("#/$defs/X",
+    # as pydantic writes them); that root is now this one, so they move here.
+    for section in ("$defs", "definitions"):
+        found = {
+            name: schema
+            for tool in tools
+            for name, schema in tool.function.parameters_schema.get(section, {}).items()
+        }
+        if found:
+            root[section] = found
+    return root
 
 
 def _call_schema(tool: Tool) -> dict[str, Any]:
@@ -73,7 +83,7 @@ def _call_schema(tool: Tool) -> dict[str, Any]:
         "type": "object",
         "properties": {
             "name": {"const": tool.function.name},
-            "arguments": tool.function.parameters_schema,
+            "arguments": closed_object(tool.function.parameters_schema),
         },
         "required": ["name", "arguments"],
         "additionalProperties": False,
@@ -95,3 +105,14 @@ def output_constraint(
     except GrammarError as error:
         param = "tool_choice" if forced_tools(request) else "response_format"
         raise UnenforceableOutput(param, str(error)) from error
+
+
+def closed_object(schema: dict[str, Any]) -> dict[str, Any]:
+    """The schema without room for properties it does not declare.
+
+    JSON Schema allows undeclared properties unless told otherwise, and a small
+    model given that room invents parameters until it runs out of tokens.
+    """
+    if "properties" not in schema or "additionalProperties" in schema:
+        return schema
+    return {**schema, "additionalProperties": False}

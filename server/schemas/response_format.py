@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from server.grammar import json_schema_error
 
@@ -15,14 +15,6 @@ def checked_schema(schema: dict[str, Any]) -> dict[str, Any]:
     if error is not None:
         raise ValueError(f"invalid JSON schema: {error}")
     return schema
-
-
-class TextFormat(BaseModel):
-    type: Literal["text"]
-
-
-class JsonObjectFormat(BaseModel):
-    type: Literal["json_object"]
 
 
 class JsonSchemaSpec(BaseModel):
@@ -38,11 +30,17 @@ class JsonSchemaSpec(BaseModel):
     _check = field_validator("json_schema")(checked_schema)
 
 
-class JsonSchemaFormat(BaseModel):
-    type: Literal["json_schema"]
-    json_schema: JsonSchemaSpec
+class ResponseFormat(BaseModel):
+    # One model rather than a tagged union, so that errors name the path a
+    # client wrote (response_format.json_schema.schema) and nothing more.
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaSpec | None = Field(default=None, validate_default=True)
 
-
-ResponseFormat = Annotated[
-    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
-]
+    @field_validator("json_schema")
+    @classmethod
+    def _given_for_json_schema(
+        cls, spec: JsonSchemaSpec | None, info: ValidationInfo
+    ) -> JsonSchemaSpec | None:
+        if spec is None and info.data.get("type") == "json_schema":
+            raise ValueError("required when type is 'json_schema'")
+        return spec
