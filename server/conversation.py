@@ -51,7 +51,9 @@ def _native_turn(message: Message, call_names: dict[str, str]) -> TemplateMessag
         ]
     if message.role == "tool":
         turn["tool_call_id"] = message.tool_call_id
-        turn["name"] = message.name or call_names.get(message.tool_call_id or "")
+        name = message.name or call_names.get(message.tool_call_id or "")
+        if name is not None:
+            turn["name"] = name
     return turn
 
 
