@@ -35,7 +35,7 @@ class Reply:
         return self._num_indexed - 1
 
     def finish_reason(self, engine_reason: FinishReason) -> FinishReason:
-        """ "tool_calls" for an answer that ended by itself after calling."""
+        """The engine's reason, or "tool_calls" for an answer ending in calls."""
         has_calls = self._splitter is not None and self._splitter.num_calls > 0
         return "tool_calls" if has_calls and engine_reason == "stop" else engine_reason
 
