@@ -114,3 +114,32 @@ def test_unconstrained_request_is_unchanged_beside_a_constrained_one(
     beside = run(engine, GenerationRequest("a", PROMPT, greedy(6)))[1]
 
     assert beside == solo
+
+
+def test_bias_and_penalties_never_bring_back_a_masked_token(engine: Engine) -> None:
+    script = Script([7, 300, 12])
+    params = SamplingParams(
+        max_tokens=10,
+        temperature=0.0,
+        logit_bias=((5, 100.0),),
+        presence_penalty=-2.0,
+        repetition_penalty=0.5,
+    )
+
+    run(engine, GenerationRequest("r", PROMPT, params, lambda: script))
+
+    assert script.accepted == [7, 300, 12]
+
+
+def test_logprobs_under_a_grammar_are_of_the_models_own_logits(
+    engine: Engine,
+) -> None:
+    params = SamplingParams(max_tokens=1, temperature=0.0, logprobs=3)
+    [free] = run(engine, GenerationRequest("a", PROMPT, params))[0][0].logprobs
+    forced = GenerationRequest("b", PROMPT, params, lambda: Script([300]))
+
+    [entry] = run(engine, forced)[0][0].logprobs
+
+    assert entry.token_id == 300
+    assert [token for token, _ in entry.top] == [token for token, _ in free.top]
+    assert [lp for _, lp in entry.top] == pytest.approx([lp for _, lp in free.top])

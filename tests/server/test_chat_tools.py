@@ -264,3 +264,29 @@ def test_image_part_refusal_says_the_model_reads_text_only(client: TestClient) -
     _, body = _post(client, messages=[{"role": "user", "content": [part]}])
 
     assert "image_url parts are not supported" in body["error"]["message"]
+
+
+def test_each_streamed_choice_gets_its_own_call_and_finish(
+    client: TestClient, calling_engine: FakeEngine
+) -> None:
+    _, body = _post(client, tools=[WEATHER], stream=True, n=2)
+
+    chunks = [chunk["choices"][0] for chunk in _chunks(body)]
+    for index in (0, 1):
+        mine = [choice for choice in chunks if choice["index"] == index]
+        items = [item for c in mine for item in c["delta"].get("tool_calls", [])]
+        assert [item["index"] for item in items] == [0]
+        assert items[0]["function"]["arguments"] == ARGUMENTS
+        assert all(not c["delta"].get("content") for c in mine)
+        assert [c["finish_reason"] for c in mine][-1] == "tool_calls"
+
+
+def test_every_choice_is_handed_the_grammar_to_make_its_own_from(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    _post(client, response_format={"type": "json_object"}, n=3)
+
+    factories = {id(request.constraint) for request in fake_engine.requests}
+    assert len(fake_engine.requests) == 3
+    assert None not in [request.constraint for request in fake_engine.requests]
+    assert len(factories) == 1

@@ -503,16 +503,19 @@ def streamed_call(client: OpenAI) -> list[ChatCompletionChunk]:
     )
 
 
-def test_json_mode_answer_parses_as_an_object(client: OpenAI) -> None:
+def test_json_mode_gives_every_choice_an_object(client: OpenAI) -> None:
+    # Two choices decode side by side, each through its own grammar state.
     reply = _complete(
         client,
         PERSON_PROMPT,
         max_tokens=STRUCTURED_MAX_TOKENS,
         response_format={"type": "json_object"},
+        n=2,
     )
 
-    assert reply.choices[0].finish_reason == "stop"
-    assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+    assert [choice.finish_reason for choice in reply.choices] == ["stop", "stop"]
+    for choice in reply.choices:
+        assert isinstance(json.loads(choice.message.content or ""), dict)
 
 
 def test_parse_helper_returns_the_model_instance(
