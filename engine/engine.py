@@ -94,6 +94,11 @@ class Engine:
         return len(self._scheduler.running)
 
     @property
+    def stop_token_ids(self) -> frozenset[int]:
+        """Tokens that end a sequence; a constraint must leave them allowed."""
+        return self._stop_token_ids
+
+    @property
     def is_alive(self) -> bool:
         return not self._has_exited and not self._stopping.is_set()
 
@@ -108,6 +113,7 @@ class Engine:
             sink=sink,
             text=TextStream(self.tokenizer, request.params.stop),
             generator=make_generator(request.params.seed),
+            constraint=request.constraint() if request.constraint else None,
         )
         self._scheduler.add(sequence)
         return handle
@@ -211,7 +217,11 @@ class Engine:
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
         params, prompt_ids = sequence.request.params, sequence.request.prompt_ids
-        scores = adjust_logits(logits, params, prompt_ids, sequence.output_ids)
+        constraint = sequence.constraint
+        # The grammar's mask comes first: penalties and bias then move only
+        # allowed tokens, and a forbidden token's -inf survives them.
+        allowed = logits if constraint is None else constraint.mask(logits)
+        scores = adjust_logits(allowed, params, prompt_ids, sequence.output_ids)
         token = sample_next(scores, params, sequence.generator)
         if token in self._stop_token_ids:
             self._finish(sequence, "stop")
@@ -222,8 +232,12 @@ class Engine:
             sequence.unsent_logprobs.append(entry)
         sequence.output_ids.append(token)
         sequence.pending_ids = [token]
+        if constraint is not None:
+            constraint.accept(token)
         self._emit(sequence, sequence.text.push(token))
-        if sequence.text.stopped:
+        # A finished grammar admits only a stop token: end now, saving a sweep.
+        is_grammar_done = constraint is not None and constraint.is_finished
+        if sequence.text.stopped or is_grammar_done:
             self._finish(sequence, "stop")
         elif self._at_limit(sequence):
             self._finish(sequence, "length")

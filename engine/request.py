@@ -12,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from engine.constraint import ConstraintFactory
+
 FinishReason = Literal["stop", "length"]
 
 
@@ -46,6 +48,8 @@ class GenerationRequest:
     request_id: str
     prompt_ids: list[int]
     params: SamplingParams
+    # Restricts what may be generated (a JSON schema, a tool call); None: free text.
+    constraint: ConstraintFactory | None = None
 
 
 @dataclass(frozen=True)

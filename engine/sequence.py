@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from engine.constraint import TokenConstraint
 from engine.detokenize import TextStream
 from engine.kv_cache import SequenceCache
 from engine.request import (
@@ -30,6 +31,7 @@ class Sequence:
     pending_ids: list[int] = field(default_factory=list)
     num_cached: int = 0  # tokens already in the KV cache
     unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
+    constraint: TokenConstraint | None = None
 
     @property
     def request_id(self) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 
+from engine.constraint import ConstraintFactory
 from engine.request import (
     ErrorEvent,
     Event,
@@ -21,7 +22,10 @@ from server.schemas.chat_response import Usage
 
 
 def choice_requests(
-    request_id: str, prompts: list[tuple[list[int], SamplingParams]], n: int
+    request_id: str,
+    prompts: list[tuple[list[int], SamplingParams]],
+    n: int,
+    constraint: ConstraintFactory | None = None,
 ) -> list[GenerationRequest]:
     """One engine request per choice; prompt p's choices are p*n ... p*n + n-1.
 
@@ -29,6 +33,7 @@ def choice_requests(
     a seeded request gives the same choices every time. The choices of a prompt
     are separate sequences: the prompt is computed, and held in the KV cache,
     once per choice. Sharing it would need the scheduler to fork a sequence.
+    The engine makes each choice its own ``constraint`` state from the factory.
     """
     requests = []
     for p, (prompt_ids, params) in enumerate(prompts):
@@ -36,7 +41,8 @@ def choice_requests(
             index = p * n + j
             engine_id = request_id if index == 0 else f"{request_id}-{index}"
             choice = replace(params, seed=choice_seed(params.seed, j))
-            requests.append(GenerationRequest(engine_id, prompt_ids, choice))
+            request = GenerationRequest(engine_id, prompt_ids, choice, constraint)
+            requests.append(request)
     return requests
 
 

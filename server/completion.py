@@ -11,6 +11,7 @@ from engine.request import Event, FinishEvent, TokenEvent, TokenLogprob
 from server.choices import ChoiceOutput, Tally
 from server.generation import ChoiceStreams
 from server.logprobs import TokenPieces, chat_logprobs
+from server.reply import Reply, split_whole, tool_call
 from server.schemas.chat_response import (
     AssistantMessage,
     ChatCompletion,
@@ -19,10 +20,13 @@ from server.schemas.chat_response import (
     ChunkChoice,
     Delta,
     FinishReason,
+    FunctionCallDelta,
+    ToolCallDelta,
     Usage,
 )
 from server.schemas.logprobs import ChoiceLogprobs
 from server.sse import SseEvent, relay
+from server.tool_calls import Piece
 
 
 def new_completion_id() -> str:
@@ -38,6 +42,7 @@ class ChunkWriter:
     pieces: TokenPieces
     include_usage: bool = False
     wants_logprobs: bool = False
+    tool_names: frozenset[str] = frozenset()  # calls to parse out of the text
     created: int = field(default_factory=lambda: int(time.time()))
 
     def choice(
@@ -55,14 +60,6 @@ class ChunkWriter:
         )
         return self._event(self._chunk([choice]))
 
-    def chunk_for(self, index: int, event: Event) -> SseEvent | None:
-        match event:
-            case TokenEvent(text=text, logprobs=logprobs) if text or logprobs:
-                return self.choice(index, Delta(content=text), logprobs=logprobs)
-            case FinishEvent(reason=reason):
-                return self.choice(index, Delta(), reason)
-        return None
-
     def usage(self, usage: Usage) -> SseEvent:
         return self._event(self._chunk([], usage))
 
@@ -76,11 +73,13 @@ class ChunkWriter:
         )
 
     def _whole(self, index: int, output: ChoiceOutput) -> Choice:
+        reply = Reply(self.tool_names)
+        content, calls = split_whole(output.text, reply)
         return Choice(
             index=index,
-            message=AssistantMessage(content=output.text),
+            message=AssistantMessage(content=content, tool_calls=calls or None),
             logprobs=self._logprobs(output.logprobs),
-            finish_reason=output.finish_reason,
+            finish_reason=reply.finish_reason(output.finish_reason),
         )
 
     def _logprobs(self, entries: list[TokenLogprob]) -> ChoiceLogprobs | None:
@@ -104,6 +103,57 @@ class ChunkWriter:
         return {"data": chunk.model_dump_json(exclude=exclude)}
 
 
+class ChoiceChunks:
+    """Each choice's reply as it streams: calls split off, logprobs carried.
+
+    Text the splitter holds back (a call may be starting) delays its tokens'
+    logprobs too; they go out with the choice's next chunk, so none are lost.
+    """
+
+    def __init__(self, writer: ChunkWriter, num_choices: int) -> None:
+        self._writer = writer
+        self._replies = [Reply(writer.tool_names) for _ in range(num_choices)]
+        self._held: list[list[TokenLogprob]] = [[] for _ in range(num_choices)]
+
+    def chunks_for(self, index: int, event: Event) -> list[SseEvent]:
+        reply = self._replies[index]
+        match event:
+            case TokenEvent(text=text, logprobs=logprobs):
+                self._held[index].extend(logprobs)
+                return self._piece_chunks(index, reply.feed(text))
+            case FinishEvent(reason=reason):
+                rest = self._piece_chunks(index, reply.finish())
+                reason = reply.finish_reason(reason)
+                finish = self._writer.choice(index, Delta(), reason, self._take(index))
+                return [*rest, finish]
+        return []
+
+    def _piece_chunks(self, index: int, pieces: list[Piece]) -> list[SseEvent]:
+        reply = self._replies[index]
+        return [
+            self._writer.choice(index, _delta(piece, reply), logprobs=self._take(index))
+            for piece in pieces
+        ]
+
+    def _take(self, index: int) -> list[TokenLogprob]:
+        held, self._held[index] = self._held[index], []
+        return held
+
+
+def _delta(piece: Piece, reply: Reply) -> Delta:
+    if isinstance(piece, str):
+        return Delta(content=piece)
+    # A call goes out whole, once parsed: one item with all its fields.
+    call = tool_call(piece)
+    function = FunctionCallDelta(
+        name=call.function.name, arguments=call.function.arguments
+    )
+    item = ToolCallDelta(
+        index=reply.next_call_index(), id=call.id, type="function", function=function
+    )
+    return Delta(tool_calls=[item])
+
+
 def stream_events(
     streams: ChoiceStreams, writer: ChunkWriter, tally: Tally
 ) -> AsyncIterator[SseEvent]:
@@ -116,5 +166,6 @@ def stream_events(
         writer.choice(index, Delta(role="assistant", content=""))
         for index in range(streams.num_choices)
     ]
+    chunks = ChoiceChunks(writer, streams.num_choices)
     usage_for = writer.usage if writer.include_usage else None
-    return relay(streams, tally, roles, writer.chunk_for, usage_for)
+    return relay(streams, tally, roles, chunks.chunks_for, usage_for)

@@ -71,3 +71,11 @@ class UnknownTokens(ApiError):
             f"tokens[{position}] is {token_id}, not an id of the vocabulary "
             f"[0, {vocab_size})"
         )
+
+
+class UnenforceableOutput(ApiError):
+    """The grammar for the answer's required form does not compile."""
+
+    def __init__(self, param: str, reason: str) -> None:
+        super().__init__(f"{param} cannot be enforced: {reason}")
+        self.param = param

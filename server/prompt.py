@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import Any
 
 from jinja2 import TemplateError
 from transformers import PreTrainedTokenizerBase
 
+from server.conversation import (
+    TemplateMessage,
+    merge_system_into_user,
+    template_messages,
+    with_system_block,
+)
 from server.exceptions import (
     ContextLengthExceeded,
     EmptyPrompt,
@@ -15,6 +23,10 @@ from server.exceptions import (
     NoChatTemplate,
 )
 from server.schemas.chat_request import ChatCompletionRequest, Message
+from server.schemas.tools import Tool, ToolChoice
+from server.tool_prompt import has_native_tools, tool_instructions, tools_for_template
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -30,7 +42,9 @@ def build_prompt(
 ) -> Prompt:
     characters = sum(len(message.text) for message in request.messages)
     refuse_certainly_too_long(characters, tokenizer, context_length, "messages")
-    ids = encode_messages(request.messages, tokenizer)
+    ids = encode_messages(
+        request.messages, tokenizer, request.offered_tools, request.tool_choice
+    )
     return fit_prompt(ids, request.requested_max_tokens, context_length, "messages")
 
 
@@ -76,23 +90,56 @@ def _longest_token_length(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def encode_messages(
-    messages: list[Message], tokenizer: PreTrainedTokenizerBase
+    messages: list[Message],
+    tokenizer: PreTrainedTokenizerBase,
+    tools: list[Tool] | None = None,
+    tool_choice: ToolChoice | None = None,
 ) -> list[int]:
     if not tokenizer.chat_template:
         raise NoChatTemplate()
-    conversation = [_template_message(message) for message in messages]
+    native = has_native_tools(tokenizer)
+    conversation = template_messages(messages, native)
+    options: dict[str, Any] = {}
+    if tools and native:
+        options["tools"] = tools_for_template(tools)
+    elif tools:
+        block = tool_instructions(tools, tool_choice)
+        conversation = with_system_block(conversation, block)
+    return _render(conversation, tokenizer, options)
+
+
+def _render(
+    conversation: list[TemplateMessage],
+    tokenizer: PreTrainedTokenizerBase,
+    options: dict[str, Any],
+) -> list[int]:
+    """Token ids of the templated conversation, ready for the reply."""
     try:
-        ids = tokenizer.apply_chat_template(
-            conversation, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
+        return _apply_template(conversation, tokenizer, options)
     except TemplateError as exc:
         # Templates reject what they cannot render (a role, an order of turns)
         # by raising; that is the client's input, not a server fault.
-        raise InvalidMessages(str(exc)) from exc
+        if not any(turn["role"] == "system" for turn in conversation):
+            raise InvalidMessages(str(exc)) from exc
+        refusal = exc
+    # Many templates (Gemma 2, Mistral's older ones) refuse a system turn.
+    logger.debug("chat template refused the messages; merging system into user")
+    try:
+        return _apply_template(merge_system_into_user(conversation), tokenizer, options)
+    except TemplateError:
+        raise InvalidMessages(str(refusal)) from refusal
+
+
+def _apply_template(
+    conversation: list[TemplateMessage],
+    tokenizer: PreTrainedTokenizerBase,
+    options: dict[str, Any],
+) -> list[int]:
+    ids = tokenizer.apply_chat_template(
+        conversation,
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=False,
+        **options,
+    )
     return list(ids)
-
-
-def _template_message(message: Message) -> dict[str, str]:
-    # Chat templates predate the "developer" role, which means what "system" did.
-    role = "system" if message.role == "developer" else message.role
-    return {"role": role, "content": message.text}

@@ -13,8 +13,8 @@ from server.schemas.chat_response import Usage
 SseEvent = dict[str, str]
 DONE: SseEvent = {"data": "[DONE]"}
 
-# The chunk an engine event becomes for the client, if any: (choice, event).
-ChunkFor = Callable[[int, Event], SseEvent | None]
+# The chunks an engine event becomes for the client, maybe none: (choice, event).
+ChunkFor = Callable[[int, Event], Iterable[SseEvent]]
 
 
 async def relay(
@@ -38,7 +38,7 @@ async def relay(
                 # The status line is already sent: the error travels in the stream.
                 yield {"data": stream_error_data(event.error)}
                 return
-            if (chunk := chunk_for(index, event)) is not None:
+            for chunk in chunk_for(index, event):
                 yield chunk
         if usage_for is not None:
             yield usage_for(tally.usage)

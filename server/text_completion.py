@@ -46,13 +46,13 @@ class TextWriter:
         ]
         return self._object(choices, usage)
 
-    def chunk_for(self, index: int, event: Event) -> SseEvent | None:
+    def chunk_for(self, index: int, event: Event) -> list[SseEvent]:
         match event:
             case TokenEvent(text=text, logprobs=logprobs) if text or logprobs:
-                return self._chunk(index, text, self._lists(index, logprobs))
+                return [self._chunk(index, text, self._lists(index, logprobs))]
             case FinishEvent(reason=reason):
-                return self._chunk(index, "", finish_reason=reason)
-        return None
+                return [self._chunk(index, "", finish_reason=reason)]
+        return []
 
     def echo_chunks(self) -> list[SseEvent]:
         return [

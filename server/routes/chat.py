@@ -14,6 +14,7 @@ from server.completion import ChunkWriter, new_completion_id, stream_events
 from server.disconnect import unless_gone
 from server.generation import ChoiceStreams
 from server.logprobs import pieces_of
+from server.output_constraint import output_constraint
 from server.prompt import build_prompt
 from server.schemas.chat_request import ChatCompletionRequest
 from server.schemas.chat_response import ChatCompletion
@@ -38,6 +39,9 @@ async def create_chat_completion(
     prompt = await run_in_threadpool(
         build_prompt, body, engine.tokenizer, engine.context_length
     )
+    constraint = await run_in_threadpool(
+        output_constraint, body, engine.tokenizer, engine.stop_token_ids
+    )
     logprobs = body.requested_logprobs
     writer = ChunkWriter(
         new_completion_id(),
@@ -45,9 +49,11 @@ async def create_chat_completion(
         pieces_of(engine.tokenizer),
         body.include_usage,
         wants_logprobs=logprobs is not None,
+        tool_names=frozenset(tool.function.name for tool in body.offered_tools),
     )
     params = body.sampling_params(prompt.max_tokens, logprobs)
-    requests = choice_requests(writer.completion_id, [(prompt.ids, params)], body.n)
+    prompts = [(prompt.ids, params)]
+    requests = choice_requests(writer.completion_id, prompts, body.n, constraint)
     streams = ChoiceStreams.submit(engine, requests)
 
     tally = Tally(RequestRecord(writer.completion_id, prompt_tokens=len(prompt.ids)))

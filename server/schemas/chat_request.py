@@ -13,14 +13,29 @@ from pydantic import (
     field_validator,
 )
 
+from server.schemas.response_format import ResponseFormat
 from server.schemas.sampling import MAX_TOP_LOGPROBS, SamplingFields, Text
+from server.schemas.tools import Tool, ToolCall, ToolChoice
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
+
+
+# Parts a text-only model cannot read; named so the refusal can say what came.
+MEDIA_PARTS = frozenset({"image_url", "input_audio", "image", "audio", "file"})
 
 
 class TextPart(BaseModel):
     type: Literal["text"]
     text: Text
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _text_only(cls, kind: Any) -> Any:
+        if kind in MEDIA_PARTS:
+            raise ValueError(
+                f"{kind} parts are not supported: the served model reads text only"
+            )
+        return kind
 
 
 class Message(BaseModel):
@@ -28,6 +43,9 @@ class Message(BaseModel):
     # A plain string arrives here already wrapped as one text part, so the rest
     # of the server sees a single shape.
     content: list[TextPart] | None = Field(default=None, validate_default=True)
+    name: str | None = None
+    tool_calls: list[ToolCall] | None = None  # assistant turns only
+    tool_call_id: str | None = None  # tool turns: the call answered
 
     @field_validator("content", mode="before")
     @classmethod
@@ -60,6 +78,10 @@ class ChatCompletionRequest(SamplingFields):
     max_completion_tokens: StrictInt | None = Field(default=None, ge=1)
     logprobs: StrictBool | None = None
     top_logprobs: StrictInt | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    response_format: ResponseFormat | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: StrictBool | None = None
 
     @field_validator("top_logprobs")
     @classmethod
@@ -68,6 +90,20 @@ class ChatCompletionRequest(SamplingFields):
         if top is not None and not info.data.get("logprobs"):
             raise ValueError("top_logprobs needs logprobs set to true")
         return top
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(
+        cls, choice: ToolChoice | None, info: ValidationInfo
+    ) -> ToolChoice | None:
+        names = [tool.function.name for tool in info.data.get("tools") or []]
+        if choice in ("required", None, "none", "auto"):
+            if choice == "required" and not names:
+                raise ValueError("'required' needs at least one tool in tools")
+            return choice
+        if choice.function.name not in names:
+            raise ValueError(f"no tool named {choice.function.name!r} in tools")
+        return choice
 
     @property
     def requested_max_tokens(self) -> int | None:
@@ -78,3 +114,8 @@ class ChatCompletionRequest(SamplingFields):
     def requested_logprobs(self) -> int | None:
         """Alternatives to list per token, or None when no logprobs are wanted."""
         return (self.top_logprobs or 0) if self.logprobs else None
+
+    @property
+    def offered_tools(self) -> list[Tool]:
+        """The tools the model may call: none at all with tool_choice "none"."""
+        return [] if self.tool_choice == "none" else list(self.tools or [])

@@ -7,8 +7,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from server.schemas.logprobs import ChoiceLogprobs
+from server.schemas.tools import ToolCall
 
-FinishReason = Literal["stop", "length"]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 
 class Usage(BaseModel):
@@ -27,7 +28,17 @@ class Usage(BaseModel):
 
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None  # null when the answer is only tool calls
+    tool_calls: list[ToolCall] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_only_if_any(
+        self, handler: SerializerFunctionWrapHandler
+    ) -> dict[str, Any]:
+        message = handler(self)
+        if message["tool_calls"] is None:
+            del message["tool_calls"]
+        return message
 
 
 class Choice(BaseModel):
@@ -47,14 +58,33 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
-class Delta(BaseModel):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
+class SparseModel(BaseModel):
+    """Serialised without its null fields, as OpenAI's stream chunks are."""
 
     @model_serializer(mode="wrap")
     def _only_set_keys(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         # OpenAI sends only what changed: the role once, then content, then {}.
         return {key: value for key, value in handler(self).items() if value is not None}
+
+
+class FunctionCallDelta(SparseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDelta(SparseModel):
+    """A piece of a streamed call; the first for a call has id, type and name."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionCallDelta | None = None
+
+
+class Delta(SparseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    tool_calls: list[ToolCallDelta] | None = None
 
 
 class ChunkChoice(BaseModel):

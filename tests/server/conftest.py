@@ -35,6 +35,7 @@ class FakeEngine:
     is_alive = True
     plan: dict[str, object] = {}
     num_running = num_waiting = num_preempted = 0
+    stop_token_ids = frozenset({2})  # SmolLM2's <|im_end|>
     totals = EngineTotals()
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:

@@ -142,17 +142,17 @@ def test_template_that_rejects_the_messages_is_a_400(
     tokenizer = fake_engine.tokenizer
     original = tokenizer.chat_template
     tokenizer.chat_template = (
-        "{% if messages[0]['role'] == 'system' %}"
-        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{% if messages[0]['role'] == 'assistant' %}"
+        "{{ raise_exception('Conversations must start with a user') }}{% endif %}"
     )
     try:
-        status, body = _post(client, messages=[{"role": "system", "content": "Hi"}])
+        status, body = _post(client, messages=[{"role": "assistant", "content": "Hi"}])
     finally:
         tokenizer.chat_template = original
 
     error = _error(status, body)
     assert (status, error["param"]) == (400, "messages")
-    assert "System role not supported" in error["message"]
+    assert "Conversations must start with a user" in error["message"]
 
 
 def test_full_queue_is_a_503_with_retry_after(
@@ -233,3 +233,26 @@ def test_lone_surrogate_in_content_is_a_400(client: TestClient) -> None:
     )
     assert response.status_code == 400
     assert _error(400, response.json())["param"].startswith("messages.0.content")
+
+
+def test_system_turn_for_a_template_without_it_is_merged_not_refused(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    tokenizer = fake_engine.tokenizer
+    original = tokenizer.chat_template
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m.role == 'system' %}"
+        "{{ raise_exception('System role not supported') }}{% endif %}"
+        "{{ m.role }}: {{ m.content }}{% endfor %}"
+    )
+    messages = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "Hi"},
+    ]
+    try:
+        status, _ = _post(client, messages=messages)
+    finally:
+        tokenizer.chat_template = original
+
+    prompt = tokenizer.decode(fake_engine.requests[-1].prompt_ids)
+    assert (status, prompt) == (200, "user: Be brief.\n\nHi")

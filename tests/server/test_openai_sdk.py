@@ -8,6 +8,7 @@ several tests inspect is made once, by a module-scoped fixture.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import subprocess
@@ -18,12 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import openai
 import pytest
 import torch
 from openai import AsyncOpenAI, OpenAI
 from openai.types import Completion
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCompletion
+from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
 from tests.conftest import store_home
@@ -453,3 +456,131 @@ def test_tokenize_counts_the_chat_prompt(
 
     assert answer.usage is not None
     assert counted["count"] == answer.usage.prompt_tokens
+
+
+PERSON_PROMPT = [{"role": "user", "content": "Give a person's name and age as JSON."}]
+WEATHER_PROMPT = [{"role": "user", "content": "What is the weather in Paris?"}]
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}},
+            "required": ["city"],
+        },
+    },
+}
+STRUCTURED_MAX_TOKENS = 40
+
+
+class Person(BaseModel):
+    name: str
+    age: int
+
+
+@pytest.fixture(scope="module")
+def parsed_person(client: OpenAI) -> ParsedChatCompletion[Person]:
+    """The SDK's structured-output helper: it sends a strict json_schema."""
+    return client.chat.completions.parse(
+        model=MODEL,
+        messages=PERSON_PROMPT,
+        temperature=0,
+        max_tokens=STRUCTURED_MAX_TOKENS,
+        response_format=Person,
+    )
+
+
+@pytest.fixture(scope="module")
+def streamed_call(client: OpenAI) -> list[ChatCompletionChunk]:
+    return _stream(
+        client,
+        WEATHER_PROMPT,
+        max_tokens=STRUCTURED_MAX_TOKENS,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+    )
+
+
+def test_json_mode_gives_every_choice_an_object(client: OpenAI) -> None:
+    # Two choices decode side by side, each through its own grammar state.
+    reply = _complete(
+        client,
+        PERSON_PROMPT,
+        max_tokens=STRUCTURED_MAX_TOKENS,
+        response_format={"type": "json_object"},
+        n=2,
+    )
+
+    assert [choice.finish_reason for choice in reply.choices] == ["stop", "stop"]
+    for choice in reply.choices:
+        assert isinstance(json.loads(choice.message.content or ""), dict)
+
+
+def test_parse_helper_returns_the_model_instance(
+    parsed_person: ParsedChatCompletion[Person],
+) -> None:
+    assert isinstance(parsed_person.choices[0].message.parsed, Person)
+
+
+def test_json_schema_answer_validates_against_the_schema(
+    parsed_person: ParsedChatCompletion[Person],
+) -> None:
+    content = parsed_person.choices[0].message.content or ""
+
+    jsonschema.validate(json.loads(content), Person.model_json_schema())
+
+
+def test_invalid_json_schema_raises_bad_request_on_response_format(
+    client: OpenAI,
+) -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "broken", "schema": {"type": "nonsense"}},
+    }
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        _complete(client, PERSON_PROMPT, max_tokens=1, response_format=response_format)
+
+    assert (caught.value.param or "").startswith("response_format")
+
+
+def test_required_tool_choice_returns_a_valid_call(client: OpenAI) -> None:
+    reply = _complete(
+        client,
+        WEATHER_PROMPT,
+        max_tokens=STRUCTURED_MAX_TOKENS,
+        tools=[WEATHER_TOOL],
+        tool_choice="required",
+    )
+
+    [call] = reply.choices[0].message.tool_calls or []
+    assert reply.choices[0].finish_reason == "tool_calls"
+    assert call.function.name == "get_weather"
+    assert isinstance(json.loads(call.function.arguments)["city"], str)
+
+
+def test_streamed_call_items_have_an_index_and_the_first_names_the_call(
+    streamed_call: list[ChatCompletionChunk],
+) -> None:
+    items = [
+        item
+        for chunk in streamed_call
+        if chunk.choices
+        for item in chunk.choices[0].delta.tool_calls or []
+    ]
+
+    assert items and all(item.index == 0 for item in items)
+    first = items[0]
+    assert first.id and first.type == "function"
+    assert first.function is not None and first.function.name == "get_weather"
+
+
+def test_streamed_call_ends_with_tool_calls_and_no_content(
+    streamed_call: list[ChatCompletionChunk],
+) -> None:
+    finish = [chunk for chunk in streamed_call if chunk.choices][-1]
+
+    assert finish.choices[0].finish_reason == "tool_calls"
+    assert _content(streamed_call) == ""

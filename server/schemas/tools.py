@@ -1,0 +1,69 @@
+"""Tools a request offers, which one it asks for, and the calls made."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+
+from server.schemas.response_format import checked_schema
+
+
+class FunctionDefinition(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+    @field_validator("parameters")
+    @classmethod
+    def _enforceable(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if parameters is None else checked_schema(parameters)
+
+    @property
+    def parameters_schema(self) -> dict[str, Any]:
+        # OpenAI reads a function without parameters as one taking none.
+        return self.parameters or {"type": "object", "properties": {}}
+
+
+class Tool(BaseModel):
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class NamedFunction(BaseModel):
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+
+
+class FunctionCall(BaseModel):
+    name: str
+    arguments: str  # a JSON object, as text
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _object_as_text(cls, arguments: Any) -> Any:
+        # Some clients send the arguments back parsed; the API's type is text.
+        return json.dumps(arguments) if isinstance(arguments, dict) else arguments
+
+    @property
+    def parsed_arguments(self) -> Any:
+        """The arguments as JSON values, or the text when it is not JSON."""
+        try:
+            return json.loads(self.arguments)
+        except json.JSONDecodeError:
+            return self.arguments
+
+
+class ToolCall(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall

@@ -1,0 +1,134 @@
+"""llguidance behind the engine's constraint seam, on SmolLM2's tokenizer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from server.grammar import (
+    GrammarCompiler,
+    GrammarError,
+    allowed_tokens,
+    json_schema_error,
+    json_schema_grammar,
+    lark_grammar,
+)
+
+STOP = 2  # SmolLM2's <|im_end|>
+PERSON = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+    "required": ["name", "age"],
+    "additionalProperties": False,
+}
+
+
+@pytest.fixture
+def compiler(smollm2_tokenizer: PreTrainedTokenizerBase) -> GrammarCompiler:
+    return GrammarCompiler.of(smollm2_tokenizer, frozenset({STOP}))
+
+
+def _allowed(constraint, vocab: int) -> set[int]:
+    row = constraint.mask(torch.zeros(vocab))
+    return set(torch.nonzero(row == 0).flatten().tolist())
+
+
+def _feed(constraint, ids: list[int], vocab: int) -> None:
+    for token in ids:
+        assert token in _allowed(constraint, vocab)
+        constraint.accept(token)
+
+
+def test_packed_bits_unpack_to_the_tokens_they_name() -> None:
+    bitmask = np.array([0b101, 1 << 31, 0b1], dtype=np.uint32).view(np.int32)
+
+    allowed = allowed_tokens(bitmask, 70)
+
+    assert torch.nonzero(allowed).flatten().tolist() == [0, 2, 63, 64]
+
+
+def test_logits_wider_than_the_tokenizer_forbid_the_extra_ids() -> None:
+    bitmask = np.full(2, -1, dtype=np.int32)  # 64 tokens, all allowed
+
+    allowed = allowed_tokens(bitmask, 80)
+
+    assert allowed[:64].all() and not allowed[64:].any()
+
+
+def test_json_answer_must_open_with_a_brace(
+    compiler: GrammarCompiler, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    vocab = len(smollm2_tokenizer)
+    constraint = compiler.factory(json_schema_grammar({"type": "object"}))()
+
+    texts = {smollm2_tokenizer.decode([token]) for token in _allowed(constraint, vocab)}
+
+    assert texts and all(text.startswith("{") for text in texts)
+
+
+def test_schema_answer_finishes_after_its_closing_brace(
+    compiler: GrammarCompiler, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    vocab = len(smollm2_tokenizer)
+    constraint = compiler.factory(json_schema_grammar(PERSON))()
+    ids = smollm2_tokenizer.encode('{"name": "Ada", "age": 36}')
+
+    _feed(constraint, ids, vocab)
+
+    assert constraint.is_finished
+
+
+def test_stop_token_is_forbidden_until_the_answer_is_whole(
+    compiler: GrammarCompiler, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    vocab = len(smollm2_tokenizer)
+    constraint = compiler.factory(lark_grammar('start: "a" | "a\\n" "b"'))()
+
+    before = _allowed(constraint, vocab)
+    _feed(constraint, smollm2_tokenizer.encode("a"), vocab)
+
+    assert STOP not in before
+    assert STOP in _allowed(constraint, vocab)
+
+
+def test_each_factory_call_starts_a_fresh_state(
+    compiler: GrammarCompiler, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    vocab = len(smollm2_tokenizer)
+    factory = compiler.factory(json_schema_grammar(PERSON))
+    first = factory()
+    _feed(first, smollm2_tokenizer.encode('{"name": "Ada", "age": 36}'), vocab)
+
+    second = factory()
+
+    assert first.is_finished and not second.is_finished
+
+
+def test_token_outside_the_grammar_raises(
+    compiler: GrammarCompiler, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    constraint = compiler.factory(json_schema_grammar(PERSON))()
+
+    with pytest.raises(GrammarError):
+        constraint.accept(smollm2_tokenizer.encode("hello")[0])
+
+
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"type": "nonsense"},
+        {"type": "object", "properties": 5},
+        {"type": "object", "required": "name"},
+        {"type": "string", "pattern": "(["},
+        {"$ref": "#/$defs/missing"},
+    ],
+)
+def test_invalid_schema_is_reported(schema: dict) -> None:
+    assert json_schema_error(schema)
+
+
+def test_schema_with_unenforced_keywords_is_accepted() -> None:
+    # uniqueItems is valid JSON Schema that llguidance does not implement.
+    assert json_schema_error({"type": "array", "uniqueItems": True}) is None
