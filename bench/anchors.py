@@ -38,7 +38,7 @@ class WorkerSpec:
     batch: int
     tokens: int
     warmup_tokens: int
-    messages: tuple[dict[str, str], ...]
+    prompts: tuple[tuple[dict[str, str], ...], ...]  # one chat per batch row
     max_memory: str | None = None
     offload_folder: str | None = None
 
@@ -88,9 +88,9 @@ def _spec(
     warmup_tokens: int = 2,
     **extra: Any,
 ) -> WorkerSpec:
-    messages = tuple(chat_messages())
+    prompts = tuple(tuple(chat_messages(row)) for row in range(batch))
     return WorkerSpec(
-        backend, str(folder), batch, tokens, warmup_tokens, messages, **extra
+        backend, str(folder), batch, tokens, warmup_tokens, prompts, **extra
     )
 
 

@@ -62,12 +62,19 @@ def load(spec: dict[str, Any]) -> tuple[Any, Any]:
     return model, tokenizer
 
 
-def prompt_ids(tokenizer: Any, messages: list[dict], batch: int) -> torch.Tensor:
-    ids = tokenizer.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=False
-    )
-    # Copies of one prompt need no padding: every row has the same length.
-    return torch.tensor([list(ids)] * batch)  # [batch, prompt]
+def prompt_ids(tokenizer: Any, prompts: list[list[dict]]) -> torch.Tensor:
+    rows = [
+        list(
+            tokenizer.apply_chat_template(
+                messages, add_generation_prompt=True, tokenize=True, return_dict=False
+            )
+        )
+        for messages in prompts
+    ]
+    # The prompts are chosen to be equally long, so no row needs padding.
+    if len({len(row) for row in rows}) != 1:
+        raise ValueError("the batch's prompts differ in length")
+    return torch.tensor(rows)  # [batch, prompt]
 
 
 def generate(
@@ -97,7 +104,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     started = time.perf_counter()
     model, tokenizer = load(spec)
     load_s = time.perf_counter() - started
-    ids = prompt_ids(tokenizer, spec["messages"], spec["batch"])
+    ids = prompt_ids(tokenizer, spec["prompts"])
 
     with torch.inference_mode():
         if spec["warmup_tokens"]:

@@ -54,12 +54,16 @@ class LoadResult:
 
 
 def run_load(
-    base_url: str, count: int, max_tokens: int, timeout_s: float
+    base_url: str, count: int, max_tokens: int, timeout_s: float, first_prompt: int = 0
 ) -> LoadResult:
-    return asyncio.run(asyncio.wait_for(_load(base_url, count, max_tokens), timeout_s))
+    """``count`` streams at once; stream i asks prompt ``first_prompt + i``."""
+    load = _load(base_url, count, max_tokens, first_prompt)
+    return asyncio.run(asyncio.wait_for(load, timeout_s))
 
 
-async def _load(base_url: str, count: int, max_tokens: int) -> LoadResult:
+async def _load(
+    base_url: str, count: int, max_tokens: int, first_prompt: int
+) -> LoadResult:
     limits = httpx.Limits(max_connections=count)
     # No read timeout: with layers streamed, a token can take minutes.
     timeout = httpx.Timeout(10.0, read=None)
@@ -67,17 +71,20 @@ async def _load(base_url: str, count: int, max_tokens: int) -> LoadResult:
         base_url=base_url, limits=limits, timeout=timeout
     ) as client:
         started = time.perf_counter()
-        calls = [_stream(client, started, max_tokens) for _ in range(count)]
+        calls = [
+            _stream(client, started, max_tokens, chat_messages(first_prompt + i))
+            for i in range(count)
+        ]
         streams = await asyncio.gather(*calls)
     return LoadResult(streams, max(s.finished_s for s in streams))
 
 
 async def _stream(
-    client: httpx.AsyncClient, started: float, max_tokens: int
+    client: httpx.AsyncClient, started: float, max_tokens: int, messages: list[dict]
 ) -> StreamResult:
     body = {
         "model": SERVED_NAME,
-        "messages": chat_messages(),
+        "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,

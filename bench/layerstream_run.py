@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from bench.http_load import LOAD_ERRORS, LoadResult, run_load
 from bench.memory import MemoryWatch
+from bench.prompt import TOPICS
 from bench.results import Row
 from bench.server_process import (
     RunningServer,
@@ -24,6 +25,9 @@ from bench.server_process import (
 logger = logging.getLogger(__name__)
 
 _WARMUP_TOKENS = 2
+# A prompt no measured stream asks, so the warm-up leaves nothing in the
+# prefix cache that a measured stream could take.
+_WARMUP_PROMPT = len(TOPICS) - 1
 
 
 @dataclass(frozen=True)
@@ -61,7 +65,7 @@ def _measure_all(
 ) -> None:
     with MemoryWatch(server.pid) as watch:
         try:
-            run_load(server.base_url, 1, _WARMUP_TOKENS, timeout_s)
+            run_load(server.base_url, 1, _WARMUP_TOKENS, timeout_s, _WARMUP_PROMPT)
         except LOAD_ERRORS as error:
             _failed(rows, f"warm-up failed: {type(error).__name__}: {error}")
             return

@@ -1,8 +1,11 @@
-"""The one chat prompt every system answers, so that all do the same work.
+"""The chat prompts every system answers, so that all do the same work.
 
-With SmolLM2's chat template (which adds its default system turn) it is 42
-tokens long, and the model's greedy answer runs well past 64 tokens without
-reaching an end-of-turn token.
+Each concurrent request gets its own prompt: the same story request opened by
+a different topic word. With SmolLM2's chat template (which adds its default
+system turn) every one is 44 tokens long, and the model's greedy answer runs
+well past 64 tokens. Only the system turn is common to all of them, as it is
+for the users of one server, so layerstream's prefix cache saves them one
+block of the system turn, not the whole prompt.
 """
 
 from __future__ import annotations
@@ -11,15 +14,22 @@ from pathlib import Path
 
 from transformers import AutoTokenizer
 
-USER_MESSAGE = "Write a short story about a lighthouse keeper and the sea."
+STORY_REQUEST = "Write a short story about a lighthouse keeper and the sea."
+# Words that keep every prompt at the same token count with SmolLM2's tokenizer.
+TOPICS = (
+    "Sea Moon Wind Night Rock Star Wave Sun Rain Snow Ice Fire Gold Blue Red Green "
+    "Salt Sand Bird Fish Cloud Light Dark Home Road Tree"
+).split()
 
 
-def chat_messages() -> list[dict[str, str]]:
-    return [{"role": "user", "content": USER_MESSAGE}]
+def chat_messages(variant: int = 0) -> list[dict[str, str]]:
+    """The prompt of request ``variant``; variants repeat after len(TOPICS)."""
+    topic = TOPICS[variant % len(TOPICS)]
+    return [{"role": "user", "content": f"{topic}. {STORY_REQUEST}"}]
 
 
 def prompt_length(tokenizer_folder: Path) -> int:
-    """Tokens of the prompt once the model's chat template is applied."""
+    """Tokens of the first prompt once the model's chat template is applied."""
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
     ids = tokenizer.apply_chat_template(
         chat_messages(), add_generation_prompt=True, tokenize=True, return_dict=False

@@ -14,9 +14,10 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bench.big_model import LlamaShape, tokenizer_vocab, write_random_llama
 from bench.big_run import default_budget
 from bench.cli import _fill_defaults, build_parser
-from bench.generate_worker import FirstTokenClock
+from bench.generate_worker import FirstTokenClock, prompt_ids
 from bench.http_load import StreamResult, _content
 from bench.model_size import INDEX_FILE, measure_model
+from bench.prompt import TOPICS, chat_messages
 from bench.results import (
     AIRLLM_B1,
     LS_FULL_1,
@@ -248,3 +249,23 @@ def test_written_vocabulary_is_the_tokenizers(
 ) -> None:
     config = json.loads((tiny_big_model / "config.json").read_text())
     assert config["vocab_size"] == len(AutoTokenizer.from_pretrained(smollm2_dir))
+
+
+def test_every_bench_prompt_has_the_same_length_and_its_own_text(
+    smollm2_tokenizer,
+) -> None:
+    prompts = [
+        smollm2_tokenizer.apply_chat_template(
+            chat_messages(i),
+            add_generation_prompt=True,
+            tokenize=True,
+            return_dict=False,
+        )
+        for i in range(len(TOPICS))
+    ]
+    assert len({len(ids) for ids in prompts}) == 1
+    assert len({tuple(ids) for ids in prompts}) == len(TOPICS)
+    assert (
+        prompt_ids(smollm2_tokenizer, [chat_messages(i) for i in range(3)]).shape[0]
+        == 3
+    )
