@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +29,8 @@ class Sequence:
     output_ids: list[int] = field(default_factory=list)
     pending_ids: list[int] = field(default_factory=list)
     num_cached: int = 0  # tokens already in the KV cache
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # first admission; a preemption keeps it
 
     @property
     def request_id(self) -> str:
@@ -50,6 +53,12 @@ class Sequence:
         )
 
     @property
+    def queue_s(self) -> float:
+        """Seconds spent waiting before the first admission (so far, if waiting)."""
+        end = time.monotonic() if self.started_at is None else self.started_at
+        return end - self.submitted_at
+
+    @property
     def num_tokens(self) -> int:
         return self.num_prompt_tokens + self.num_output_tokens
 
@@ -60,6 +69,8 @@ class Sequence:
     def start(self, cache: DynamicCache) -> None:
         """Join the batch; after a preemption the text so far is computed again."""
         self.cache = cache
+        if self.started_at is None:
+            self.started_at = time.monotonic()
         self.num_cached = 0
         self.pending_ids = list(self.request.prompt_ids) + self.output_ids
         self.state = RequestState.RUNNING

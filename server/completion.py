@@ -7,7 +7,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from engine.errors import EngineStoppedError
+from engine.errors import EngineStoppedError, RequestTimeoutError
 from engine.request import ErrorEvent, FinishEvent, TokenEvent
 from server.access_log import RequestRecord
 from server.errors import stream_error_data
@@ -87,6 +87,12 @@ def note_finish(record: RequestRecord, finish: FinishEvent) -> None:
     record.outcome = finish.reason
     record.prompt_tokens = finish.prompt_tokens
     record.completion_tokens = finish.completion_tokens
+    record.queue_s = finish.queue_s
+
+
+def note_error(record: RequestRecord, error: Exception) -> None:
+    is_timeout = isinstance(error, RequestTimeoutError)
+    record.outcome = "timeout" if is_timeout else "error"
 
 
 async def collect(
@@ -98,12 +104,12 @@ async def collect(
         match event:
             case TokenEvent(text=text, token_count=count):
                 parts.append(text)
-                record.completion_tokens = count
+                record.note_tokens(count)
             case FinishEvent():
                 note_finish(record, event)
                 return "".join(parts), event
             case ErrorEvent(error=error):
-                record.outcome = "error"
+                note_error(record, error)
                 raise error
     raise EngineStoppedError("the engine ended the request without finishing it")
 
@@ -131,7 +137,7 @@ def _events_for(
 ) -> list[SseEvent]:
     match event:
         case TokenEvent(text=text, token_count=count):
-            record.completion_tokens = count  # kept current for a cancelled log
+            record.note_tokens(count)  # kept current for a cancelled log
             return [writer.choice(Delta(content=text))] if text else []
         case FinishEvent():
             note_finish(record, event)
@@ -141,5 +147,5 @@ def _events_for(
         case ErrorEvent(error=error):
             # The status line is already sent; the error travels in the stream,
             # which then ends without [DONE].
-            record.outcome = "error"
+            note_error(record, error)
             return [{"data": stream_error_data(error)}]
