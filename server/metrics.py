@@ -95,7 +95,7 @@ class Metrics:
     def observe_response(
         self, status: int, code: str | None, record: RequestRecord | None
     ) -> None:
-        if status == 503:
+        if status == 503 and code is not None:  # probes say 503 without a code
             self.rejected.labels(code=code or "unknown").inc()
         if record is not None:
             self._observe_request(record)
