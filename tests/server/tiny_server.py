@@ -39,7 +39,7 @@ def save_tiny_model(folder: Path, smollm2_dir: Path) -> Path:
         num_attention_heads=2,
         num_key_value_heads=1,
         vocab_size=49152,
-        max_position_embeddings=4096,
+        max_position_embeddings=32768,
         tie_word_embeddings=True,
         eos_token_id=None,  # the tokenizer's end token still stops it
     )
