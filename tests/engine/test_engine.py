@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -243,7 +244,13 @@ def test_request_past_its_deadline_gets_a_timeout_error(
     engine = make_engine(folder, smollm2_tokenizer, max_batch=1)
     engine.options = dataclasses.replace(engine.options, request_timeout_s=1.0)
     try:
-        running = submit(engine, max_tokens=10_000)
+        running: queue.Queue[Event] = queue.Queue()
+
+        def slow_sink(event: Event) -> None:
+            time.sleep(0.05)  # the whole context would take seconds
+            running.put(event)
+
+        submit(engine, max_tokens=10_000, sink=slow_sink)
         queued = submit(engine, max_tokens=4)
         for events in (running, queued):
             event = final_event(events)
