@@ -65,13 +65,14 @@ class NoChatTemplate(ApiError):
 
 
 class UnknownTokens(ApiError):
-    param = "tokens"
-
-    def __init__(self, position: int, token_id: int, vocab_size: int) -> None:
+    def __init__(
+        self, param: str, position: int, token_id: int, vocab_size: int
+    ) -> None:
         super().__init__(
-            f"tokens[{position}] is {token_id}, not an id of the vocabulary "
+            f"{param}[{position}] is {token_id}, not an id of the vocabulary "
             f"[0, {vocab_size})"
         )
+        self.param = param
 
 
 class UnenforceableOutput(ApiError):

@@ -13,7 +13,10 @@ router = APIRouter()
 READY_RETRY_AFTER_S = 5
 
 
-@router.api_route("/health", methods=["GET", "HEAD"])
+# HEAD answers as GET does (some load balancers probe with it); listed once in
+# the schema so that its operation ids stay unique.
+@router.head("/health", include_in_schema=False)
+@router.get("/health")
 async def health(request: Request) -> JSONResponse:
     # Orchestrators restart on a failing probe; a dead worker can serve nothing,
     # but a model still loading is alive and must not be restarted.
@@ -25,7 +28,8 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse({"status": status})
 
 
-@router.api_route("/ready", methods=["GET", "HEAD"])
+@router.head("/ready", include_in_schema=False)
+@router.get("/ready")
 async def ready(request: Request) -> JSONResponse:
     lifecycle: Lifecycle = request.app.state.lifecycle
     engine = request.app.state.engine

@@ -20,6 +20,13 @@ CHAT = {
     "model": "smollm2-135m-instruct",
     "messages": [{"role": "user", "content": "Hi"}],
 }
+# Every generation or tokenizer route, with a body it would otherwise accept.
+WORK_ROUTES = [
+    ("/v1/chat/completions", CHAT),
+    ("/v1/completions", {"model": "smollm2-135m-instruct", "prompt": "Hi"}),
+    ("/tokenize", {"prompt": "Hi"}),
+    ("/detokenize", {"tokens": [1, 2]}),
+]
 
 
 @pytest.fixture
@@ -58,6 +65,18 @@ def test_each_configured_key_is_accepted(keyed_client: TestClient, key: str) -> 
     )
 
     assert response.status_code == 200
+
+
+@pytest.mark.parametrize(("path", "body"), WORK_ROUTES)
+def test_every_work_route_needs_a_key(
+    keyed_client: TestClient, path: str, body: dict[str, object]
+) -> None:
+    refused = keyed_client.post(path, json=body)
+    served = keyed_client.post(path, json=body, headers=_bearer("listed-key"))
+
+    assert refused.status_code == 401
+    assert refused.json()["error"]["code"] == "invalid_api_key"
+    assert served.status_code == 200
 
 
 def test_model_list_needs_a_key(keyed_client: TestClient) -> None:

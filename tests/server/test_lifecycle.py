@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pytest
 from fastapi.testclient import TestClient
 
 from server.app import attach_engine, create_app
@@ -37,6 +38,15 @@ def test_while_loading_probes_answer_and_work_is_refused(
     assert chat.status_code == 503
     assert chat.json()["error"]["code"] == "model_loading"
     assert "retry-after" in chat.headers
+
+
+@pytest.mark.parametrize("path", ["/v1/completions", "/tokenize", "/detokenize"])
+def test_while_loading_every_work_route_is_refused(tmp_path: Path, path: str) -> None:
+    with TestClient(create_app(Settings(home=tmp_path))) as client:
+        response = client.post(path, json={})
+
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "model_loading"
 
 
 def test_once_the_engine_is_attached_it_is_ready(

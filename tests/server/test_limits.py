@@ -38,6 +38,16 @@ def test_body_over_the_limit_is_a_413_in_the_openai_shape(
     assert response.json()["error"]["code"] == "request_too_large"
 
 
+def test_text_completion_body_over_the_limit_is_a_413(
+    small_client: TestClient,
+) -> None:
+    body = b'{"model": "smollm2-135m-instruct", "prompt": "' + b"x" * 2000 + b'"}'
+
+    response = small_client.post("/v1/completions", content=body)
+
+    assert response.status_code == 413
+
+
 def test_chunked_body_over_the_limit_is_a_413(small_client: TestClient) -> None:
     def chunks() -> Iterator[bytes]:
         yield _big_body()  # a generator: sent without a Content-Length

@@ -216,3 +216,15 @@ def test_late_stream_ends_with_an_error_event(late_url: str) -> None:
     assert error["code"] == "request_timeout"
     assert wait_for_metric(late_url, "layerstream_requests_running", 0) == 0
     assert metric(late_url, "layerstream_requests_timed_out_total") >= 1
+
+
+def test_late_request_drops_every_choice(late_url: str) -> None:
+    # One place in the batch: one choice runs while the other waits in the queue.
+    body = {**_body(LONG), "n": 2}
+
+    response = httpx.post(f"{late_url}{CHAT}", json=body, timeout=30)
+
+    assert response.status_code == 504
+    assert wait_for_metric(late_url, "layerstream_requests_running", 0) == 0
+    assert wait_for_metric(late_url, "layerstream_requests_waiting", 0) == 0
+    assert metric(late_url, "layerstream_kv_cache_used_tokens") == 0
