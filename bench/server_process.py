@@ -114,7 +114,7 @@ def free_port() -> int:
 
 
 def start_server(spec: ServerSpec, timeout_s: float) -> RunningServer:
-    """A healthy server, started with the spec's budget flags."""
+    """A ready server (model loaded), started with the spec's budget flags."""
     port = free_port()
     command = _command(spec, port)
     logger.info("starting %s", " ".join(command))
@@ -132,7 +132,7 @@ def start_server(spec: ServerSpec, timeout_s: float) -> RunningServer:
     base_url = f"http://127.0.0.1:{port}"
     server = RunningServer(process, base_url, Path(log.name), spec.budget)
     try:
-        _wait_healthy(server, timeout_s)
+        _wait_ready(server, timeout_s)
     except BaseException:
         server.stop()
         raise
@@ -160,21 +160,22 @@ def _clean_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("LAYERSTREAM_")}
 
 
-def _wait_healthy(server: RunningServer, timeout_s: float) -> None:
+def _wait_ready(server: RunningServer, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         code = server.process.poll()
         if code is not None:
             raise ServerFailed(f"server exited ({code}): {_log_tail(server.log_path)}")
-        if _is_healthy(server.base_url):
+        if _is_ready(server.base_url):
             return
         time.sleep(_POLL_S)
-    raise ServerFailed(f"server not healthy after {timeout_s:.0f} s")
+    raise ServerFailed(f"server not ready after {timeout_s:.0f} s")
 
 
-def _is_healthy(base_url: str) -> bool:
+def _is_ready(base_url: str) -> bool:
+    # /health answers 200 while the model still loads; /ready waits for it.
     try:
-        return httpx.get(f"{base_url}/health", timeout=2.0).status_code == 200
+        return httpx.get(f"{base_url}/ready", timeout=2.0).status_code == 200
     except httpx.HTTPError:
         return False
 

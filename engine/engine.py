@@ -11,12 +11,18 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.detokenize import TextStream
-from engine.errors import EngineStoppedError, InvalidRequestError
+from engine.errors import (
+    EngineStoppedError,
+    InvalidRequestError,
+    QueueFullError,
+    RequestTimeoutError,
+)
 from engine.options import EngineOptions
 from engine.request import (
     ErrorEvent,
@@ -33,9 +39,13 @@ from engine.runner import ModelRunner, SweepInput
 from engine.sampling import adjust_logits, make_generator, sample_next, token_logprob
 from engine.scheduler import Scheduler, Slot
 from engine.sequence import Sequence
-from engine.stats import EngineTotals
+from engine.stats import EngineTotals, SweepStats
 
 logger = logging.getLogger(__name__)
+
+# The scheduler's queue also holds requests whose client left until the worker
+# reaches them; this much room keeps them from crowding out newcomers.
+_QUEUE_ROOM_FACTOR = 2
 
 
 class Engine:
@@ -57,12 +67,18 @@ class Engine:
         self.created = int(time.time())
         self.totals = EngineTotals()
         self.plan: dict[str, object] = {}  # the residency plan, for the API
+        # Called on the worker thread after each sweep; must be quick.
+        self.sweep_observers: list[Callable[[SweepStats], None]] = []
         self._stop_token_ids = stop_token_ids
         kv_tokens = kv_tokens or options.max_batch * self.context_length
         runner.cap_kv(kv_tokens, options.max_batch)
+        # Submitted and not yet admitted: their deadlines and cancels are
+        # watched here, since the scheduler only sees them once admitted.
+        self._queued: list[Sequence] = []
+        self._queued_lock = threading.Lock()
         self._scheduler = Scheduler(
             options.max_batch,
-            options.max_queue,
+            options.max_queue * _QUEUE_ROOM_FACTOR,
             options.max_sweep_tokens,
             kv_tokens,
             runner.new_cache,
@@ -82,7 +98,10 @@ class Engine:
 
     @property
     def num_waiting(self) -> int:
-        return self._scheduler.num_waiting
+        """Requests waiting for a place in the batch, those whose client left aside."""
+        with self._queued_lock:
+            gone = sum(_is_queued(seq) and seq.handle.cancelled for seq in self._queued)
+        return max(self._scheduler.num_waiting - gone, 0)
 
     @property
     def num_preempted(self) -> int:
@@ -97,6 +116,15 @@ class Engine:
     def stop_token_ids(self) -> frozenset[int]:
         """Tokens that end a sequence; a constraint must leave them allowed."""
         return self._stop_token_ids
+
+    @property
+    def kv_tokens_used(self) -> int:
+        """Tokens held in the KV caches of the running sequences."""
+        return sum(seq.num_cached for seq in list(self._scheduler.running))
+
+    @property
+    def kv_tokens_budget(self) -> int:
+        return self._scheduler.kv_tokens
 
     @property
     def is_alive(self) -> bool:
@@ -115,7 +143,16 @@ class Engine:
             generator=make_generator(request.params.seed),
             constraint=request.constraint() if request.constraint else None,
         )
-        self._scheduler.add(sequence)
+        with self._queued_lock:
+            live = sum(
+                _is_queued(seq) and not seq.handle.cancelled for seq in self._queued
+            )
+            if live >= self.options.max_queue:
+                raise QueueFullError(
+                    f"{self.options.max_queue} requests are already waiting"
+                )
+            self._scheduler.add(sequence)
+            self._queued.append(sequence)
         return handle
 
     def stop(self) -> None:
@@ -152,7 +189,8 @@ class Engine:
         with torch.inference_mode():
             while not self._stopping.is_set():
                 try:
-                    self._scheduler.admit(self._retire_if_cancelled)
+                    self._watch_queued()
+                    self._scheduler.admit(self._retire_if_dropped)
                     if self._scheduler.running:
                         self._step()
                 except Exception as error:  # the only worker must outlive a bug
@@ -194,6 +232,8 @@ class Engine:
             return
         sweep = self.runner.last_sweep
         self.totals.add(sweep)
+        for observe in self.sweep_observers:
+            observe(sweep)
         logger.debug(
             "sweep %d: %d sequences, %d tokens, %d bytes streamed, "
             "%.1f ms waiting for weights, %.1f ms computing",
@@ -251,7 +291,10 @@ class Engine:
         sequence.state = RequestState.FINISHED
         sequence.release()
         finish = FinishEvent(
-            reason, sequence.num_prompt_tokens, sequence.num_output_tokens
+            reason,
+            sequence.num_prompt_tokens,
+            sequence.num_output_tokens,
+            sequence.queue_s,
         )
         self._send(sequence, finish)
 
@@ -261,7 +304,32 @@ class Engine:
             sequence.release()
             self._send(sequence, ErrorEvent(error))
 
-    def _retire_if_cancelled(self, sequence: Sequence) -> bool:
+    def _watch_queued(self) -> None:
+        """Times out late queued requests; forgets those admitted or dropped."""
+        with self._queued_lock:
+            self._queued = [seq for seq in self._queued if _is_queued(seq)]
+            late = [seq for seq in self._queued if self._is_late(seq)]
+        for sequence in late:
+            self._time_out(sequence)
+
+    def _is_late(self, sequence: Sequence) -> bool:
+        timeout = self.options.request_timeout_s
+        if not timeout or sequence.handle.cancelled:
+            return False
+        return time.monotonic() - sequence.submitted_at > timeout
+
+    def _time_out(self, sequence: Sequence) -> None:
+        # Cancelling makes the scheduler drop it, at once if running, else
+        # when it reaches the head of the queue; the caller hears now.
+        sequence.handle.cancel()
+        seconds = self.options.request_timeout_s
+        logger.info("request %s timed out after %gs", sequence.request_id, seconds)
+        error = RequestTimeoutError(f"the request took longer than {seconds:g} s")
+        self._send(sequence, ErrorEvent(error))
+
+    def _retire_if_dropped(self, sequence: Sequence) -> bool:
+        if self._is_late(sequence):
+            self._time_out(sequence)
         if not sequence.handle.cancelled:
             return False
         sequence.state = RequestState.CANCELLED
@@ -283,6 +351,11 @@ class Engine:
         except Exception:  # a caller that went away is treated as a cancel
             logger.debug("sink of %s failed; cancelling", sequence.request_id)
             sequence.handle.cancel()
+
+
+def _is_queued(sequence: Sequence) -> bool:
+    # Read from other threads too: the worker may admit it at any moment.
+    return sequence.state is RequestState.WAITING
 
 
 def _context_length(config) -> int:

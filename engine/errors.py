@@ -32,5 +32,9 @@ class QueueFullError(LayerstreamError):
     """The admission queue is at its limit; the caller should retry later."""
 
 
+class RequestTimeoutError(LayerstreamError):
+    """The request outlived its deadline; the engine dropped it."""
+
+
 class EngineStoppedError(LayerstreamError):
     """The engine no longer accepts requests (shutting down or crashed)."""

@@ -19,3 +19,4 @@ class EngineOptions:
     max_memory: int | None = None  # bytes for weights and KV cache; None: no limit
     kv_memory: int | None = None  # bytes of KV cache; None: a quarter of max_memory
     home: Path = Path("~/.cache/layerstream").expanduser()
+    request_timeout_s: float | None = None  # from submission; None: no deadline

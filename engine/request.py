@@ -77,6 +77,9 @@ class FinishEvent:
     reason: FinishReason
     prompt_tokens: int
     completion_tokens: int
+    # Seconds between submission and joining the batch; a measurement, so it
+    # takes no part in comparing two outcomes.
+    queue_s: float = field(default=0.0, compare=False)
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -32,6 +33,8 @@ class Sequence:
     num_cached: int = 0  # tokens already in the KV cache
     unsent_logprobs: list[TokenLogprob] = field(default_factory=list)
     constraint: TokenConstraint | None = None
+    submitted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # first admission; a preemption keeps it
 
     @property
     def request_id(self) -> str:
@@ -54,6 +57,12 @@ class Sequence:
         )
 
     @property
+    def queue_s(self) -> float:
+        """Seconds spent waiting before the first admission (so far, if waiting)."""
+        end = time.monotonic() if self.started_at is None else self.started_at
+        return end - self.submitted_at
+
+    @property
     def num_tokens(self) -> int:
         return self.num_prompt_tokens + self.num_output_tokens
 
@@ -68,6 +77,8 @@ class Sequence:
         """
         tokens = list(self.request.prompt_ids) + self.output_ids
         self.cache = cache
+        if self.started_at is None:
+            self.started_at = time.monotonic()
         self.num_cached = cache.reuse_prefix(tokens)
         self.pending_ids = tokens[self.num_cached :]
         self.state = RequestState.RUNNING

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 logger = logging.getLogger(__name__)
 
 # Probes poll these; at INFO they would drown the lines that matter.
-QUIET_PATHS = frozenset({"/health"})
+QUIET_PATHS = frozenset({"/health", "/ready", "/metrics"})
 
 
 @dataclass
@@ -19,9 +19,53 @@ class RequestRecord:
     """What a route learns about its request, for the access log to report."""
 
     request_id: str
-    outcome: str = "unfinished"  # stop, length, error, cancelled
+    outcome: str = "unfinished"  # stop, length, error, timeout, cancelled
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    queue_s: float | None = None  # known once the engine reports the finish
+    arrived_at: float = field(default_factory=time.monotonic)
+    first_token_at: float | None = None
+    token_gaps: list[float] = field(default_factory=list)  # seconds per token
+    # Per choice: tokens so far and when the newest came. The gaps are taken
+    # within each choice, since a client reads each choice as its own stream.
+    _choice_counts: dict[int, int] = field(default_factory=dict)
+    _choice_last_at: dict[int, float] = field(default_factory=dict)
+
+    def note_tokens(self, count: int, choice: int = 0) -> None:
+        """``count`` tokens of ``choice`` generated so far, the newest just now."""
+        added = count - self._choice_counts.get(choice, 0)
+        if added <= 0:
+            return  # nothing new: a finish repeating the count, say
+        now = time.monotonic()
+        last_at = self._choice_last_at.get(choice)
+        if self.first_token_at is None:
+            self.first_token_at = now
+        if last_at is not None:
+            self.token_gaps.append((now - last_at) / added)
+        self._choice_last_at[choice] = now
+        self._choice_counts[choice] = count
+        self.completion_tokens = sum(self._choice_counts.values())
+
+    @property
+    def ttft_s(self) -> float | None:
+        if self.first_token_at is None:
+            return None
+        return self.first_token_at - self.arrived_at
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.arrived_at
+
+    def fields(self) -> dict[str, object]:
+        """The summary as data, for structured (JSON) log lines."""
+        return {
+            "request_id": self.request_id,
+            "outcome": self.outcome,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "queue_s": _rounded(self.queue_s),
+            "ttft_s": _rounded(self.ttft_s),
+        }
 
 
 class AccessLog:
@@ -54,18 +98,32 @@ def _log(
 ) -> None:
     level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
     route = f"{scope['method']} {scope['path']} {status}"
+    http = {"method": scope["method"], "path": scope["path"], "status": status}
     if record is None:
-        logger.log(level, "%s %.3fs", route, seconds)
+        extra = {"fields": {**http, "seconds": _rounded(seconds)}}
+        logger.log(level, "%s %.3fs", route, seconds, extra=extra)
         return
     rate = record.completion_tokens / seconds if seconds > 0 else 0.0
+    fields = {**record.fields(), **http, "seconds": _rounded(seconds)}
     logger.log(
         level,
-        "%s %s %s prompt=%d completion=%d %.3fs %.1f tok/s",
+        "%s %s %s prompt=%d completion=%d queue=%s ttft=%s %.3fs %.1f tok/s",
         record.request_id,
         route,
         record.outcome,
         record.prompt_tokens,
         record.completion_tokens,
+        _seconds(record.queue_s),
+        _seconds(record.ttft_s),
         seconds,
         rate,
+        extra={"fields": {**fields, "tokens_per_s": round(rate, 1)}},
     )
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}s"
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 from engine.constraint import ConstraintFactory
+from engine.errors import RequestTimeoutError
 from engine.request import (
     ErrorEvent,
     Event,
@@ -69,22 +70,23 @@ class Tally:
     def __init__(self, record: RequestRecord) -> None:
         self.record = record
         self.has_failed = False
-        self._counts: dict[int, int] = {}
         self._reasons: list[str] = []
 
     def note(self, index: int, event: Event) -> None:
         match event:
             case TokenEvent(token_count=count) | FinishEvent(completion_tokens=count):
-                self._counts[index] = count
-                self.record.completion_tokens = sum(self._counts.values())
+                self.record.note_tokens(count, index)
         match event:
-            case FinishEvent(reason=reason):
+            case FinishEvent(reason=reason, queue_s=queue_s):
                 if reason not in self._reasons:
                     self._reasons.append(reason)
                 self.record.outcome = ",".join(self._reasons)
-            case ErrorEvent():
+                # The request waited until its last choice joined the batch.
+                self.record.queue_s = max(queue_s, self.record.queue_s or 0.0)
+            case ErrorEvent(error=error):
                 self.has_failed = True
-                self.record.outcome = "error"
+                is_timeout = isinstance(error, RequestTimeoutError)
+                self.record.outcome = "timeout" if is_timeout else "error"
 
     @property
     def usage(self) -> Usage:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import socket
 import sys
 import threading
@@ -23,14 +22,18 @@ from pydantic_core import ErrorDetails
 from engine import Engine, open_engine
 from engine.errors import LayerstreamError
 from engine.store import pull_default_model
-from server.app import create_app
+from server.app import attach_engine, create_app
+from server.log_format import configure_logging
 from server.settings import Settings, SettingsError, engine_options
+from server.shutdown import Shutdown, StopRequested
 
 logger = logging.getLogger(__name__)
 
 EXIT_FAILURE = 1
 EXIT_BAD_SETTINGS = 2
 EXIT_INTERRUPTED = 130
+# Responses still open when the HTTP side closes get this long to end.
+_GRACEFUL_S = 5
 
 _CONFIG_FLAG = ("--config", "YAML settings file (default ./config.yaml if present)")
 _HOME_FLAG = ("--home", "folder for pulled and converted models")
@@ -49,8 +52,15 @@ SERVE_FLAGS = (
     ("--max-sweep-tokens", "most tokens in one sweep; longer prompts are chunked"),
     ("--max-memory", "bytes for weights and KV cache, e.g. 2GB (auto: half the free)"),
     ("--kv-memory", "bytes of KV cache (default: a quarter of --max-memory)"),
+    ("--request-timeout", "seconds a request may take; 0: no limit"),
+    ("--drain-timeout", "seconds running requests get to finish on SIGTERM"),
+    # No flag for the keys themselves: a command line is visible to all users.
+    ("--api-key-file", "file of API keys, one a line; requests must send one"),
+    ("--cors-origins", "comma-separated origins browsers may call from"),
+    ("--max-body-size", "largest request body, e.g. 4MB; more get HTTP 413"),
     _HOME_FLAG,
     _LOG_FLAG,
+    ("--log-format", "text or json (one JSON object per line)"),
 )
 PULL_FLAGS = (_CONFIG_FLAG, _HOME_FLAG, _LOG_FLAG)
 
@@ -108,53 +118,65 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(exc), EXIT_FAILURE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
+    except StopRequested:
+        return 0
 
 
 def serve(overrides: dict[str, Any]) -> int:
     settings = Settings(**overrides)
-    configure_logging(settings.log_level)
-    # Claim the port before the model loads, which can take minutes.
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings)
+    # The port is claimed and answers (probes, 503s) while the model loads,
+    # which can take minutes.
     with claim_port(settings.host, settings.port) as listener:
-        engine = open_engine(
-            settings.model, engine_options(settings), worker_thread=False
-        )
-        # Logged only once the model opened, so that a start-up failure stays
-        # the one line on stderr that names its cause.
-        logger.info("settings: %s", settings.model_dump(mode="json"))
-        server = make_server(create_app(settings, engine), settings)
+        server = make_server(app, settings)
+        shutdown = Shutdown(app, server, settings.drain_timeout)
         http = threading.Thread(
-            target=_serve_http, args=(server, listener, engine), name="layerstream-http"
+            target=_serve_http,
+            args=(server, listener, shutdown),
+            name="layerstream-http",
         )
-        stop_on_signals(server, engine)
+        shutdown.install()
         http.start()
-        # The engine's loop takes the main thread (see Engine.run); the HTTP
-        # side, which does no torch work, runs beside it.
         try:
-            engine.run()
-        finally:
+            engine = open_engine(
+                settings.model, engine_options(settings), worker_thread=False
+            )
+        except BaseException:
+            # The load failed or a signal abandoned it: the HTTP side goes too.
             server.should_exit = True
             http.join()
-            engine.shutdown()
+            raise
+        _run(app, engine, shutdown, settings)
+        http.join()
     return 0
 
 
+def _run(app: FastAPI, engine: Engine, shutdown: Shutdown, settings: Settings) -> None:
+    # Logged only once the model opened, so that a start-up failure stays the
+    # one line on stderr that names its cause.
+    logger.info("settings: %s", settings.model_dump(mode="json"))
+    shutdown.attach(engine)
+    attach_engine(app, engine)
+    logger.info("ready on http://%s:%d/v1", settings.host, settings.port)
+    # The engine's loop takes the main thread (see Engine.run); the HTTP side,
+    # which does no torch work, runs beside it.
+    try:
+        engine.run()
+    finally:
+        shutdown.stop_http()
+        engine.shutdown()
+
+
 def _serve_http(
-    server: uvicorn.Server, listener: socket.socket, engine: Engine
+    server: uvicorn.Server, listener: socket.socket, shutdown: Shutdown
 ) -> None:
     try:
         server.run(sockets=[listener])
     finally:
-        engine.stop()  # without its HTTP side the engine has no one to serve
-
-
-def stop_on_signals(server: uvicorn.Server, engine: Engine) -> None:
-    def stop(signum: int, _frame: object) -> None:
-        logger.info("%s received; stopping", signal.Signals(signum).name)
-        server.should_exit = True
-        engine.stop()
-
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(signum, stop)
+        # Without its HTTP side the engine has no one to serve.
+        if shutdown.engine is not None:
+            shutdown.engine.stop()
 
 
 def pull(overrides: dict[str, Any]) -> int:
@@ -184,18 +206,12 @@ def make_server(app: FastAPI, settings: Settings) -> uvicorn.Server:
         host=settings.host,
         port=settings.port,
         log_config=None,
-        log_level=settings.log_level,
+        # Its start-up lines would come before a failing model load's one line.
+        log_level="debug" if settings.log_level == "debug" else "warning",
         access_log=False,  # the app logs one line per request itself
+        timeout_graceful_shutdown=_GRACEFUL_S,
     )
-    logger.info("listening on http://%s:%d/v1", settings.host, settings.port)
     return uvicorn.Server(config)
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 def _describe_invalid(exc: ValidationError) -> str:

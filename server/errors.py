@@ -18,7 +18,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from engine.errors import EngineStoppedError, InvalidRequestError, QueueFullError
+from engine.errors import (
+    EngineStoppedError,
+    InvalidRequestError,
+    QueueFullError,
+    RequestTimeoutError,
+)
 from server.exceptions import ApiError
 from server.schemas.error import ErrorDetail, ErrorResponse
 
@@ -46,7 +51,9 @@ def failure_of(exc: Exception) -> Failure:
             detail = ErrorDetail(
                 message=str(exc), type=exc.type, param=exc.param, code=exc.code
             )
-            return Failure(exc.status_code, detail)
+            retry = exc.retry_after_s
+            headers = {} if retry is None else {"Retry-After": str(retry)}
+            return Failure(exc.status_code, detail, headers)
         case RequestValidationError():
             return Failure(400, _validation_detail(exc.errors()))
         case InvalidRequestError():
@@ -55,6 +62,8 @@ def failure_of(exc: Exception) -> Failure:
             return _busy(f"the server is busy ({exc}); retry later", "queue_full")
         case EngineStoppedError():
             return _busy(f"the engine is not running: {exc}", "engine_stopped")
+        case RequestTimeoutError():
+            return Failure(504, _server_error(str(exc), "request_timeout"))
         case _:
             message = f"internal error ({type(exc).__name__}); see the server log"
             return Failure(500, _server_error(message, INTERNAL_ERROR))
@@ -100,7 +109,25 @@ def _invalid_request(
 
 
 async def _handle_known(request: Request, exc: Exception) -> JSONResponse:
-    return failure_of(exc).response()
+    failure = failure_of(exc)
+    note_error_code(request.scope, failure)
+    return failure.response()
+
+
+def note_error_code(scope: Scope, failure: Failure) -> None:
+    """Leaves the error code where the metrics middleware reads it."""
+    scope.setdefault("state", {})["error_code"] = failure.detail.code
+
+
+async def send_failure(exc: Exception, scope: Scope, send: Send) -> None:
+    """Answers from a middleware, before the app has read the request."""
+    failure = failure_of(exc)
+    note_error_code(scope, failure)
+    await failure.response()(scope, _no_body, send)
+
+
+async def _no_body() -> Message:
+    return {"type": "http.request", "body": b"", "more_body": False}
 
 
 async def _handle_http(request: Request, exc: HTTPException) -> JSONResponse:
@@ -142,6 +169,7 @@ def install_error_boundary(app: FastAPI) -> None:
         InvalidRequestError,
         QueueFullError,
         EngineStoppedError,
+        RequestTimeoutError,
     )
     for exc_type in known:
         app.add_exception_handler(exc_type, _handle_known)

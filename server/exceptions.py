@@ -10,6 +10,7 @@ class ApiError(Exception):
     type: str = "invalid_request_error"
     param: str | None = None
     code: str | None = None
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
 
 class ModelNotFound(ApiError):
@@ -64,13 +65,14 @@ class NoChatTemplate(ApiError):
 
 
 class UnknownTokens(ApiError):
-    param = "tokens"
-
-    def __init__(self, position: int, token_id: int, vocab_size: int) -> None:
+    def __init__(
+        self, param: str, position: int, token_id: int, vocab_size: int
+    ) -> None:
         super().__init__(
-            f"tokens[{position}] is {token_id}, not an id of the vocabulary "
+            f"{param}[{position}] is {token_id}, not an id of the vocabulary "
             f"[0, {vocab_size})"
         )
+        self.param = param
 
 
 class UnenforceableOutput(ApiError):
@@ -79,3 +81,45 @@ class UnenforceableOutput(ApiError):
     def __init__(self, param: str, reason: str) -> None:
         super().__init__(f"{param} cannot be enforced: {reason}")
         self.param = param
+
+
+class InvalidApiKey(ApiError):
+    status_code = 401
+    code = "invalid_api_key"
+
+    def __init__(self, is_missing: bool) -> None:
+        super().__init__(
+            "no API key given; send the header 'Authorization: Bearer KEY'"
+            if is_missing
+            else "the API key is not valid"
+        )
+
+
+class BodyTooLarge(ApiError):
+    status_code = 413
+    code = "request_too_large"
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+
+
+class ServiceUnavailable(ApiError):
+    """The server is up but takes no new work right now; retry later."""
+
+    status_code = 503
+    type = "server_error"
+    retry_after_s = 5
+
+
+class ModelLoading(ServiceUnavailable):
+    code = "model_loading"
+
+    def __init__(self) -> None:
+        super().__init__("the model is still loading; retry shortly")
+
+
+class ShuttingDown(ServiceUnavailable):
+    code = "shutting_down"
+
+    def __init__(self) -> None:
+        super().__init__("the server is shutting down and takes no new requests")

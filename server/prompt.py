@@ -21,6 +21,7 @@ from server.exceptions import (
     EmptyPrompt,
     InvalidMessages,
     NoChatTemplate,
+    UnknownTokens,
 )
 from server.schemas.chat_request import ChatCompletionRequest, Message
 from server.schemas.tools import Tool, ToolChoice
@@ -82,6 +83,16 @@ def refuse_certainly_too_long(
     at_least = characters // _longest_token_length(tokenizer)
     if at_least >= context_length:
         raise ContextLengthExceeded(at_least, context_length, True, param)
+
+
+def refuse_unknown_tokens(
+    token_ids: list[int], tokenizer: PreTrainedTokenizerBase, param: str
+) -> None:
+    """Refuses an id the tokenizer cannot decode, naming its place."""
+    vocab_size = len(tokenizer)
+    for position, token_id in enumerate(token_ids):
+        if not 0 <= token_id < vocab_size:
+            raise UnknownTokens(param, position, token_id, vocab_size)
 
 
 @lru_cache(maxsize=4)

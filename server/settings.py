@@ -6,14 +6,16 @@ environment variables < command-line flags (passed as keyword arguments).
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -27,6 +29,11 @@ _DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 DtypeName = Literal["auto", "float32", "bfloat16", "float16"]
 LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+LogFormat = Literal["text", "json"]
+# NoDecode: a list from the environment or a flag may be comma-separated, not
+# only JSON; ``_split_list`` reads both.
+StringList = Annotated[list[str], NoDecode]
+SecretList = Annotated[list[SecretStr], NoDecode]
 
 
 class SettingsError(ValueError):
@@ -52,13 +59,31 @@ class Settings(BaseSettings):
     kv_memory: str | None = None
     home: Path = Path("~/.cache/layerstream")
     log_level: LogLevel = "info"
+    log_format: LogFormat = "text"
+    # Seconds from arrival to the end of a request; 0: no deadline.
+    request_timeout: float = Field(default=0, ge=0)
+    # Seconds running requests get to finish after SIGTERM.
+    drain_timeout: float = Field(default=30, ge=0)
+    api_keys: SecretList = []
+    api_key_file: Path | None = None
+    cors_origins: StringList = []
+    max_body_size: str = "4MB"
 
-    @field_validator("config")
+    @field_validator("config", "api_key_file")
     @classmethod
-    def _config_exists(cls, path: Path | None) -> Path | None:
+    def _file_exists(cls, path: Path | None) -> Path | None:
         if path is not None and not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
+            raise ValueError(f"file {path} does not exist")
         return path
+
+    @field_validator("api_keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        if value.lstrip().startswith("["):
+            return json.loads(value)
+        return [item.strip() for item in value.split(",") if item.strip()]
 
     @field_validator("device")
     @classmethod
@@ -67,7 +92,7 @@ class Settings(BaseSettings):
             raise ValueError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N")
         return device
 
-    @field_validator("max_memory", "kv_memory")
+    @field_validator("max_memory", "kv_memory", "max_body_size")
     @classmethod
     def _size(cls, size: str | None) -> str | None:
         if size is not None and size != "auto":
@@ -147,6 +172,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_memory=_bytes_or_auto(settings.max_memory, device),
         kv_memory=parse_bytes(settings.kv_memory) if settings.kv_memory else None,
         home=settings.home,
+        request_timeout_s=settings.request_timeout or None,
     )
 
 

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
-from server.prompt import Prompt, fit_prompt, refuse_certainly_too_long
+from server.prompt import (
+    Prompt,
+    fit_prompt,
+    refuse_certainly_too_long,
+    refuse_unknown_tokens,
+)
 from server.schemas.completion_request import CompletionRequest
 
 PARAM = "prompt"
@@ -31,7 +36,10 @@ def _token_ids(
     prompt: str | list[int], tokenizer: PreTrainedTokenizerBase, context_length: int
 ) -> list[int]:
     if isinstance(prompt, list):
-        return prompt  # ids outside the vocabulary are refused by the engine
+        # Before anything decodes them (echo does): the tokenizer fails on a
+        # negative id with an overflow rather than a message.
+        refuse_unknown_tokens(prompt, tokenizer, PARAM)
+        return prompt
     refuse_certainly_too_long(len(prompt), tokenizer, context_length, PARAM)
     # With the tokenizer's own special tokens (a BOS for most), as a text is
     # tokenized for the model everywhere else.

@@ -16,7 +16,9 @@ def _served(request: Request) -> ServedModel:
 
 @router.get("/v1/models")
 async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[_served(request).card])
+    served: ServedModel | None = request.app.state.served_model
+    # Empty while the model loads: the port answers before the model is ready.
+    return ModelList(data=[] if served is None else [served.card])
 
 
 # ":path" because hub-style ids contain a slash ("org/name").

@@ -6,8 +6,7 @@ from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 from transformers import PreTrainedTokenizerBase
 
-from server.exceptions import UnknownTokens
-from server.prompt import encode_messages
+from server.prompt import encode_messages, refuse_unknown_tokens
 from server.schemas.tokenize import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -38,10 +37,7 @@ async def tokenize(body: TokenizeRequest, request: Request) -> TokenizeResponse:
 @router.post("/detokenize")
 async def detokenize(body: DetokenizeRequest, request: Request) -> DetokenizeResponse:
     tokenizer = _tokenizer(request, body.model)
-    vocab_size = len(tokenizer)
-    for position, token_id in enumerate(body.tokens):
-        if not 0 <= token_id < vocab_size:
-            raise UnknownTokens(position, token_id, vocab_size)
+    refuse_unknown_tokens(body.tokens, tokenizer, "tokens")
     return DetokenizeResponse(prompt=tokenizer.decode(body.tokens))
 
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,13 +14,14 @@ import torch
 
 from engine.checkpoint import Checkpoint
 from engine.engine import Engine
-from engine.errors import InvalidRequestError, QueueFullError
+from engine.errors import InvalidRequestError, QueueFullError, RequestTimeoutError
 from engine.options import EngineOptions
 from engine.request import (
     ErrorEvent,
     Event,
     FinishEvent,
     GenerationRequest,
+    RequestHandle,
     SamplingParams,
     TokenEvent,
 )
@@ -199,3 +202,61 @@ def test_failing_request_does_not_stop_the_others(
     assert isinstance(final_event(doomed), ErrorEvent)
     assert final_event(healthy) == FinishEvent("length", len(PROMPT), 6)
     assert engine.is_alive
+
+
+def _hold_the_batch(engine: Engine) -> tuple[threading.Event, RequestHandle]:
+    """A request that keeps the batch's one place until released."""
+    release, started = threading.Event(), threading.Event()
+
+    def blocking_sink(event: Event) -> None:
+        started.set()
+        release.wait(TIMEOUT_S)
+
+    params = SamplingParams(max_tokens=10_000, temperature=0.0)
+    handle = engine.submit(GenerationRequest("held", PROMPT, params), blocking_sink)
+    assert started.wait(TIMEOUT_S)
+    return release, handle
+
+
+def test_leaving_the_queue_frees_its_place_at_once(
+    tmp_path: Path, smollm2_tokenizer
+) -> None:
+    folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
+    engine = make_engine(folder, smollm2_tokenizer, max_batch=1, max_queue=1)
+    release, held = _hold_the_batch(engine)
+    try:
+        params = SamplingParams(max_tokens=2, temperature=0.0)
+        queued = engine.submit(GenerationRequest("q", PROMPT, params), print)
+        assert engine.num_waiting == 1
+        queued.cancel()
+        assert engine.num_waiting == 0
+        submit(engine)  # the place is free although the worker has not moved
+    finally:
+        held.cancel()
+        release.set()
+        engine.shutdown()
+
+
+def test_request_past_its_deadline_gets_a_timeout_error(
+    tmp_path: Path, smollm2_tokenizer
+) -> None:
+    folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
+    engine = make_engine(folder, smollm2_tokenizer, max_batch=1)
+    engine.options = dataclasses.replace(engine.options, request_timeout_s=1.0)
+    try:
+        running: queue.Queue[Event] = queue.Queue()
+
+        def slow_sink(event: Event) -> None:
+            time.sleep(0.05)  # the whole context would take seconds
+            running.put(event)
+
+        submit(engine, max_tokens=10_000, sink=slow_sink)
+        queued = submit(engine, max_tokens=4)
+        for events in (running, queued):
+            event = final_event(events)
+            assert isinstance(event, ErrorEvent)
+            assert isinstance(event.error, RequestTimeoutError)
+        final_event(submit(engine, max_tokens=1))  # a sweep boundary has passed
+        assert engine.num_running == 0 and engine.num_waiting == 0
+    finally:
+        engine.shutdown()

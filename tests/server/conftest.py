@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -20,7 +20,7 @@ from engine.request import (
     RequestHandle,
     TokenEvent,
 )
-from engine.stats import EngineTotals
+from engine.stats import EngineTotals, SweepStats
 from server.app import create_app
 from server.settings import Settings
 
@@ -36,6 +36,7 @@ class FakeEngine:
     plan: dict[str, object] = {}
     num_running = num_waiting = num_preempted = 0
     stop_token_ids = frozenset({2})  # SmolLM2's <|im_end|>
+    kv_tokens_used = kv_tokens_budget = 0
     totals = EngineTotals()
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
@@ -47,6 +48,7 @@ class FakeEngine:
         self.stall_after_first = False  # then wait for a cancel after one piece
         self.requests: list[GenerationRequest] = []
         self.handles: list[RequestHandle] = []
+        self.sweep_observers: list[Callable[[SweepStats], None]] = []
 
     def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
         if self.submit_error is not None:

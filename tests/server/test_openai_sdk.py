@@ -75,12 +75,13 @@ def _wait_until_healthy(process: subprocess.Popen[bytes], port: int, log: Path) 
         if process.poll() is not None:
             pytest.fail(f"the server exited on start:\n{log.read_text()}")
         try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).is_success:
+            # /health answers while the model loads; /ready once it serves.
+            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).is_success:
                 return
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    pytest.fail(f"the server did not answer /health in {START_TIMEOUT_S} s")
+    pytest.fail(f"the server was not ready in {START_TIMEOUT_S} s")
 
 
 def _stop(process: subprocess.Popen[bytes]) -> int:
