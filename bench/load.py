@@ -1,10 +1,12 @@
 """``python -m bench.load``: many streaming clients against a running server.
 
 Each client sends streamed chat completions one after another until the time
-is up; requests still running then are awaited, so the wall time runs from the
-first send to the last answer. A client that gets a 503 waits what the server's
-``Retry-After`` asks before trying again. With ``--server-pid`` the server's
-resident memory is sampled all along, to show whether it stays flat.
+is up; requests still running then get a grace period to finish, and those
+that do not are dropped and counted as unfinished (the run stops by itself).
+The wall time runs from the first send to the last answer. A client that gets
+a 503 waits what the server's ``Retry-After`` asks before trying again. With
+``--server-pid`` the server's resident memory is sampled all along, to show
+whether it stays flat.
 
     python -m bench.load --url http://127.0.0.1:8000 --clients 32 --duration 300
 """
@@ -17,6 +19,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,7 @@ class LoadOptions:
     api_key: str | None = None
     server_pid: int | None = None
     warmup_s: float = 0.0  # memory before this is the warm-up's
+    grace_s: float = 60.0  # for requests still running when the time is up
 
 
 def run_load(
@@ -78,7 +82,7 @@ async def _load(
             _one_client(client, model, options, index, started, deadline, results)
             for index in range(options.clients)
         ]
-        await asyncio.gather(*clients)
+        unfinished = await _run_bounded(clients, options.duration_s + options.grace_s)
         wall = time.perf_counter() - started
         stop_trace.set()
         await following
@@ -90,8 +94,20 @@ async def _load(
         options.max_tokens,
         wall,
         results,
+        unfinished,
         trace,
     )
+
+
+async def _run_bounded(clients: list[Coroutine[Any, Any, None]], limit_s: float) -> int:
+    """Runs the clients for at most ``limit_s``; returns how many were cut short."""
+    tasks = [asyncio.ensure_future(client) for client in clients]
+    _, pending = await asyncio.wait(tasks, timeout=limit_s)
+    for task in pending:
+        # Closing the stream tells the server to drop the request.
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+    return len(pending)
 
 
 def _trace(options: LoadOptions) -> RssTrace | None:
@@ -180,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--warmup", type=float, help="seconds of warm-up (default: a tenth of the run)"
     )
+    parser.add_argument(
+        "--grace", type=float, default=60.0, help="seconds to finish after the time"
+    )
     parser.add_argument("--json", type=Path, help="also write the figures here")
     return parser
 
@@ -196,6 +215,7 @@ def options_from(args: argparse.Namespace) -> LoadOptions:
         api_key=args.api_key,
         server_pid=args.server_pid,
         warmup_s=warmup,
+        grace_s=args.grace,
     )
 
 

@@ -34,6 +34,7 @@ class LoadReport:
     max_tokens: int
     wall_s: float  # from the first send to the last answer
     results: list[RequestResult]
+    unfinished: int = 0  # still running after the grace period, then dropped
     memory: RssTrace | None = None
 
     def count(self, outcome: Outcome) -> int:
@@ -74,6 +75,7 @@ class LoadReport:
             "served": self.count(Outcome.SERVED),
             "errors": self.count(Outcome.ERROR),
             "rejected_503": self.count(Outcome.REJECTED),
+            "unfinished": self.unfinished,
             "completion_tokens": self.completion_tokens,
             "tokens_per_s": self.tokens_per_s,
             "ttft_s": self.ttft,
@@ -102,7 +104,8 @@ def render(report: LoadReport) -> str:
         f"{report.base_url} ({report.model}, max_tokens {report.max_tokens})",
         f"requests: {report.count(Outcome.SERVED)} served, "
         f"{report.count(Outcome.ERROR)} errors, "
-        f"{report.count(Outcome.REJECTED)} rejected with 503",
+        f"{report.count(Outcome.REJECTED)} rejected with 503, "
+        f"{report.unfinished} unfinished at the end",
         f"tokens: {report.completion_tokens} in {report.wall_s:.1f} s, "
         f"{report.tokens_per_s:.1f} tokens/s in all",
         _latency_line("time to first token", report.ttft),

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import os
+import time
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from bench.rss_trace import RssTrace
 from tests.live_server import LiveServer
 
 BASE_URL = "http://scripted"
+STALL_S = 30.0  # far longer than any run below lasts
 USAGE = {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}
 
 
@@ -51,6 +53,8 @@ def _scripted_app(answer: str) -> FastAPI:
 
     @app.post("/v1/chat/completions")
     async def chat() -> Response:
+        if answer == "never":
+            await asyncio.sleep(STALL_S)
         if answer == "503":
             headers = {"Retry-After": "0"}
             return JSONResponse({"error": {}}, status_code=503, headers=headers)
@@ -102,6 +106,17 @@ def test_a_run_counts_every_request_of_every_client() -> None:
     assert report.model == "scripted"
     assert len(report.results) >= options.clients
     assert report.completion_tokens == 2 * len(report.results)
+
+
+def test_a_run_drops_what_outlives_its_grace() -> None:
+    options = LoadOptions(BASE_URL, 2, duration_s=0.2, max_tokens=2, grace_s=0.2)
+    transport = httpx.ASGITransport(app=_scripted_app("never"))
+    started = time.perf_counter()
+
+    report = run_load(options, transport)
+
+    assert report.unfinished == options.clients
+    assert time.perf_counter() - started < STALL_S / 2
 
 
 def test_percentiles_of_one_value_are_that_value() -> None:
