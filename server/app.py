@@ -13,7 +13,16 @@ from server.body_limit import BodyLimit
 from server.errors import install_error_boundary
 from server.lifecycle import Lifecycle, Phase, ReadinessGate
 from server.metrics import Metrics, RequestMetrics
-from server.routes import chat, completions, health, metrics, models, stats, tokenize
+from server.routes import (
+    chat,
+    completions,
+    health,
+    metrics,
+    models,
+    page,
+    stats,
+    tokenize,
+)
 from server.served_model import ServedModel
 from server.settings import Settings
 
@@ -27,7 +36,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = None
     app.state.served_model = None
 
-    for routes in (chat, completions, tokenize, models, health, stats, metrics):
+    for routes in (chat, completions, tokenize, models, health, stats, metrics, page):
         app.include_router(routes.router)
     install_error_boundary(app)
     _add_middleware(app, settings)

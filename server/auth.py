@@ -11,8 +11,9 @@ from server.errors import send_failure
 from server.exceptions import InvalidApiKey
 from server.settings import Settings, SettingsError
 
-# Orchestrators and scrapers reach these without a key.
-OPEN_PATHS = frozenset({"/health", "/ready", "/metrics"})
+# Orchestrators and scrapers reach these without a key, and so does the chat
+# page, which holds no data and asks for the key itself on its first 401.
+OPEN_PATHS = frozenset({"/health", "/ready", "/metrics", "/"})
 _BEARER = "bearer "
 
 

@@ -15,9 +15,10 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from server.errors import send_failure
 from server.exceptions import ModelLoading, ShuttingDown
 
-# Probes, metrics, the model list and the API description answer in every phase.
+# Probes, metrics, the model list, the API description and the chat page
+# answer in every phase.
 OPEN_PATHS = frozenset(
-    {"/health", "/ready", "/metrics", "/v1/models", "/openapi.json", "/docs"}
+    {"/health", "/ready", "/metrics", "/v1/models", "/openapi.json", "/docs", "/"}
 )
 
 

@@ -8,12 +8,14 @@ already ran ``layerstream serve`` or ``layerstream pull`` converts nothing.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from engine.store import fetch_default_gguf, pull_default_model
+from tests.live_server import LiveServer, serving
 
 
 def store_home() -> Path:
@@ -34,3 +36,12 @@ def smollm2_tokenizer(smollm2_dir: Path) -> PreTrainedTokenizerBase:
 def smollm2_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The original GGUF file, for comparisons with transformers' own loader."""
     return fetch_default_gguf(tmp_path_factory.mktemp("smollm2-gguf"))
+
+
+@pytest.fixture(scope="session")
+def live_server(
+    smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LiveServer]:
+    """A ``layerstream serve`` of the default model, pulled by ``smollm2_dir``."""
+    with serving(store_home(), tmp_path_factory.mktemp("live-server")) as server:
+        yield server

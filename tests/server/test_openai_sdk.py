@@ -1,6 +1,6 @@
 """The official ``openai`` SDK against a live ``layerstream serve`` process.
 
-One server, with the real default model, serves the whole module. Requests are
+One server, with the real default model, serves the whole session. Requests are
 greedy and short so the file stays quick on a CPU; each request whose answer
 several tests inspect is made once, by a module-scoped fixture.
 """
@@ -9,12 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +23,9 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk, ParsedChatCom
 from pydantic import BaseModel
 from transformers import AutoModelForCausalLM, PreTrainedTokenizerBase
 
-from tests.conftest import store_home
+from tests.live_server import LiveServer
 
 MODEL = "smollm2-135m-instruct"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 180.0
-STOP_TIMEOUT_S = 10.0
 
 QUESTION = [
     {"role": "user", "content": "What is the capital of France? Answer in one word."}
@@ -53,72 +44,9 @@ ALPHABET_MAX_TOKENS = 12
 ANSWER_MAX_TOKENS = 20
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def _server_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LAYERSTREAM_")}
-    env["LAYERSTREAM_HOME"] = str(home)
-    # Runs this checkout's code, whatever copy of the package is installed.
-    env["PYTHONPATH"] = os.pathsep.join(
-        filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")])
-    )
-    return env
-
-
-def _wait_until_healthy(process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"the server exited on start:\n{log.read_text()}")
-        try:
-            # /health answers while the model loads; /ready once it serves.
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).is_success:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    pytest.fail(f"the server was not ready in {START_TIMEOUT_S} s")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> int:
-    process.terminate()
-    try:
-        return process.wait(timeout=STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-        return -1
-
-
 @pytest.fixture(scope="module")
-def server_port(
-    smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[int]:
-    """Port of a live server; the model is already pulled, by ``smollm2_dir``."""
-    folder = tmp_path_factory.mktemp("live-server")
-    port = _free_port()
-    command = [sys.executable, "-m", "server", "serve"]
-    command += ["--port", str(port), "--max-batch", "4"]
-    # A budget below the model's 538 MB: some layers resident, the rest streamed.
-    command += ["--max-memory", "300MB", "--kv-memory", "50MB"]
-    log = folder / "stderr.log"
-    # A file, not a pipe: a pipe nobody reads blocks the server once it fills.
-    with log.open("wb") as stderr:
-        # The working folder is empty so no ./config.yaml changes the settings.
-        process = subprocess.Popen(
-            command, cwd=folder, env=_server_env(store_home()), stderr=stderr
-        )
-    try:
-        _wait_until_healthy(process, port, log)
-        yield port
-    finally:
-        code = _stop(process)
-    # SIGTERM stops the server cleanly, after all it served.
-    assert code == 0, log.read_text()
+def server_port(live_server: LiveServer) -> int:
+    return live_server.port
 
 
 @pytest.fixture(scope="module")
