@@ -9,11 +9,9 @@ keeps its numbers equal to transformers' numbers.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -41,11 +39,9 @@ from engine.prefetch import LayerRead, Prefetcher
 from engine.skeleton import decoder_layers
 from engine.staging import DeviceCopier, StagingPool
 from engine.stats import SweepStats
+from engine.threads import ThreadChooser, torch_threads
 
 logger = logging.getLogger(__name__)
-
-# Below this many packed tokens a sweep runs on one CPU thread (``_threads_for``).
-SMALL_SWEEP_TOKENS = 32
 
 
 @dataclass
@@ -105,6 +101,8 @@ class ModelRunner:
         self.prefetcher = Prefetcher(self._read_layer, streamed, prefetch_depth)
         self.layer_reads = 0
         self.last_sweep = SweepStats()
+        # On a GPU the host threads only launch kernels: their number is left be.
+        self._threads = ThreadChooser(torch.get_num_threads(), device.type == "cpu")
 
     @property
     def vocab_size(self) -> int:
@@ -121,11 +119,14 @@ class ModelRunner:
     def sweep(self, inputs: list[SweepInput]) -> list[torch.Tensor | None]:
         """Advance every sequence by its new tokens; last-position logits per input."""
         stats = SweepStats(len(inputs), sum(len(item.token_ids) for item in inputs))
-        with _threads_for(stats.tokens, self.device):
+        threads = self._threads.choose(stats.tokens)
+        started = time.perf_counter()
+        with torch_threads(threads):
             batch = self._pack(inputs)
             for index, layer in enumerate(self.layers):
                 self._run_layer(index, layer, batch, stats)
             logits = self._logits(batch, inputs)
+        self._threads.record(stats.tokens, threads, time.perf_counter() - started)
         for item in inputs:
             item.cache.advance(item.token_ids)
         self.last_sweep = stats
@@ -257,28 +258,6 @@ class ModelRunner:
                 self._on_device(owned), strict=True, assign=True
             )
         move_buffers(self.model, self.device)
-
-
-@contextlib.contextmanager
-def _threads_for(tokens: int, device: torch.device) -> Iterator[None]:
-    """One CPU thread for a small sweep, all of them for a large one.
-
-    A sweep of a few tokens is bound by reading the weights, which one thread
-    does about as fast as all; with several, every one of its many small
-    operations waits for the slowest thread, and a thread the OS has given to
-    the HTTP side (or to anything else on the machine) stalls the whole
-    operation for a time slice. Large sweeps (prompts) are bound by compute
-    and use every thread.
-    """
-    threads = torch.get_num_threads()
-    if device.type != "cpu" or tokens >= SMALL_SWEEP_TOKENS or threads == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _positions(item: SweepInput) -> range:
