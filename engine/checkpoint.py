@@ -46,6 +46,7 @@ class Checkpoint:
         self.resident: dict[str, TensorEntry] = {}
         self.layers: dict[int, dict[str, TensorEntry]] = {}
         self._mapped: set[int] = set()  # layers whose pages were mapped in
+        self._scratch: torch.Tensor | None = None  # see read_layer
         for path, mapped in self._files.items():
             for key, info in mapped.tensors.items():
                 nbytes = info.end - info.start
@@ -75,9 +76,19 @@ class Checkpoint:
         entries = self.layers[index].items()
         return {key: _owned(self._view(entry), dtype) for key, entry in entries}
 
+    def staged_nbytes(self, dtype: torch.dtype) -> int:
+        """A staging buffer's size: the largest layer, its weights as ``dtype``."""
+        return max(
+            (sum(self._staged(entry, dtype) for entry in entries.values())
+             for entries in self.layers.values()),
+            default=0,
+        )  # fmt: skip
+
     @property
-    def max_layer_nbytes(self) -> int:
-        return max((_staged_size(e.values()) for e in self.layers.values()), default=0)
+    def conversion_nbytes(self) -> int:
+        """Room to read one stored tensor before converting it: the largest one."""
+        entries = (e for layer in self.layers.values() for e in layer.values())
+        return max((entry.nbytes for entry in entries), default=0)
 
     def is_stored_as(self, index: int, dtype: torch.dtype) -> bool:
         return all(
@@ -102,15 +113,37 @@ class Checkpoint:
     def read_layer(
         self, index: int, dtype: torch.dtype, buffer: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        """A streamed layer read into ``buffer``, keyed as in the layer module."""
+        """A streamed layer read into ``buffer``, keyed as in the layer module.
+
+        ``buffer`` holds ``staged_nbytes(dtype)`` bytes. A tensor stored in
+        another dtype is read into one reused scratch buffer and converted into
+        its place, so that a sweep allocates nothing.
+        """
         tensors, offset = {}, 0
         for key, entry in self.layers[index].items():
-            slot = buffer[offset : offset + entry.nbytes]
-            self._files[entry.file].read_into(entry.key, slot)
             info = self._info(entry)
-            tensors[key] = _typed(slot.view(info.dtype).view(info.shape), dtype)
-            offset += _aligned(entry.nbytes)
+            target = _target_dtype(info.dtype, dtype)
+            size = info.numel * target.itemsize
+            slot = buffer[offset : offset + size]
+            if target == info.dtype:
+                self._files[entry.file].read_into(entry.key, slot)
+            else:
+                stored = self._conversion_scratch()[: entry.nbytes]
+                self._files[entry.file].read_into(entry.key, stored)
+                slot.view(target).copy_(stored.view(info.dtype))
+            tensors[key] = slot.view(target).view(info.shape)
+            offset += _aligned(size)
         return tensors
+
+    def _conversion_scratch(self) -> torch.Tensor:
+        # Only the prefetch thread reads layers, so one scratch serves them all.
+        if self._scratch is None:
+            self._scratch = torch.empty(self.conversion_nbytes, dtype=torch.uint8)
+        return self._scratch
+
+    def _staged(self, entry: TensorEntry, dtype: torch.dtype) -> int:
+        info = self._info(entry)
+        return _aligned(info.numel * _target_dtype(info.dtype, dtype).itemsize)
 
     def _info(self, entry: TensorEntry):  # -> engine.tensorfile.TensorInfo
         return self._files[entry.file].tensors[entry.key]
@@ -133,8 +166,9 @@ def _aligned(nbytes: int) -> int:
     return -(-nbytes // 64) * 64
 
 
-def _staged_size(entries) -> int:
-    return sum(_aligned(entry.nbytes) for entry in entries)
+def _target_dtype(stored: torch.dtype, dtype: torch.dtype) -> torch.dtype:
+    # Integer or boolean buffers keep their type; only weights take the dtype.
+    return dtype if stored.is_floating_point else stored
 
 
 def has_checkpoint(folder: Path) -> bool:
@@ -142,8 +176,7 @@ def has_checkpoint(folder: Path) -> bool:
 
 
 def _typed(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    # Integer or boolean buffers keep their type; only weights take the dtype.
-    return tensor.to(dtype) if tensor.is_floating_point() else tensor
+    return tensor.to(_target_dtype(tensor.dtype, dtype))
 
 
 def _owned(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -96,7 +96,7 @@ class ModelRunner:
         # Queued, being read, being computed: that many buffers, never more.
         staged = [i for i in streamed if i not in self.in_place_layers]
         buffers = prefetch_depth + 2 if staged else 0
-        self._pool = StagingPool(buffers, checkpoint.max_layer_nbytes, device)
+        self._pool = StagingPool(buffers, checkpoint.staged_nbytes(dtype), device)
         self._copier = DeviceCopier(device)
         self.prefetcher = Prefetcher(self._read_layer, streamed, prefetch_depth)
         self.layer_reads = 0

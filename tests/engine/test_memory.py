@@ -45,3 +45,22 @@ def test_streamed_layers_held_stay_within_prefetch_depth(tmp_path: Path) -> None
     assert len(held) == 4 * DEPTH
     # The layer being computed plus at most PREFETCH read ahead; never the model.
     assert layer_bytes <= max(held) <= (PREFETCH + 1) * layer_bytes
+
+
+def test_converted_layers_are_read_into_the_reused_buffer(tmp_path: Path) -> None:
+    # Stored as bfloat16, computed in float32: the conversion must land in the
+    # staging buffer, not in a new allocation for every layer of every sweep.
+    model = build_model(LlamaConfig(**SHAPE, num_hidden_layers=2))
+    model.to(torch.bfloat16).save_pretrained(tmp_path)
+    checkpoint = Checkpoint(tmp_path)
+    buffer = torch.empty(checkpoint.staged_nbytes(torch.float32), dtype=torch.uint8)
+    start, end = buffer.data_ptr(), buffer.data_ptr() + buffer.numel()
+    stored = model.model.layers[1].state_dict()
+
+    tensors = checkpoint.read_layer(1, torch.float32, buffer)
+
+    assert tensors.keys() == stored.keys()
+    for key, tensor in tensors.items():
+        assert tensor.dtype == torch.float32
+        assert start <= tensor.data_ptr() < end
+        assert torch.equal(tensor, stored[key].float())
