@@ -3,7 +3,8 @@
 Every torch call happens on the worker thread. Callers hand in a request and a
 sink; the worker feeds the sink with events. Between sweeps the scheduler
 admits waiting requests, drops cancelled ones and retires finished ones, so
-requests join and leave at sweep boundaries.
+requests join and leave at sweep boundaries. An embedding request runs its
+prompt in those same sweeps and leaves with its pooled vector.
 """
 
 from __future__ import annotations
@@ -25,17 +26,20 @@ from engine.errors import (
 )
 from engine.options import EngineOptions
 from engine.request import (
+    EmbeddingEvent,
+    EmbeddingRequest,
     ErrorEvent,
     Event,
     EventSink,
     FinishEvent,
     FinishReason,
     GenerationRequest,
+    Request,
     RequestHandle,
     RequestState,
     TokenEvent,
 )
-from engine.runner import ModelRunner, SweepInput
+from engine.runner import ModelRunner, SweepInput, SweepOutput
 from engine.sampling import adjust_logits, make_generator, sample_next, token_logprob
 from engine.scheduler import Scheduler, Slot
 from engine.sequence import Sequence
@@ -118,6 +122,11 @@ class Engine:
         return self._stop_token_ids
 
     @property
+    def hidden_size(self) -> int:
+        """Length of an embedding vector."""
+        return int(self.runner.config.hidden_size)
+
+    @property
     def kv_tokens_used(self) -> int:
         """Tokens held in the KV caches of the running sequences."""
         return sum(seq.num_cached for seq in list(self._scheduler.running))
@@ -130,19 +139,15 @@ class Engine:
     def is_alive(self) -> bool:
         return not self._has_exited and not self._stopping.is_set()
 
-    def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
+    def submit(self, request: Request, sink: EventSink) -> RequestHandle:
         if self._stopping.is_set():
             raise EngineStoppedError("the engine is shutting down")
-        self._check(request)
+        if isinstance(request, EmbeddingRequest):
+            self._check_embedding(request)
+        else:
+            self._check(request)
         handle = RequestHandle(request.request_id)
-        sequence = Sequence(
-            request=request,
-            handle=handle,
-            sink=sink,
-            text=TextStream(self.tokenizer, request.params.stop),
-            generator=make_generator(request.params.seed),
-            constraint=request.constraint() if request.constraint else None,
-        )
+        sequence = self._sequence(request, handle, sink)
         with self._queued_lock:
             live = sum(
                 _is_queued(seq) and not seq.handle.cancelled for seq in self._queued
@@ -154,6 +159,20 @@ class Engine:
             self._scheduler.add(sequence)
             self._queued.append(sequence)
         return handle
+
+    def _sequence(
+        self, request: Request, handle: RequestHandle, sink: EventSink
+    ) -> Sequence:
+        if isinstance(request, EmbeddingRequest):
+            return Sequence(request, handle, sink, text=None, generator=None)
+        return Sequence(
+            request=request,
+            handle=handle,
+            sink=sink,
+            text=TextStream(self.tokenizer, request.params.stop),
+            generator=make_generator(request.params.seed),
+            constraint=request.constraint() if request.constraint else None,
+        )
 
     def stop(self) -> None:
         """Ask the loop to end after the current sweep; safe from any thread."""
@@ -176,14 +195,31 @@ class Engine:
                 f"{self._token_limit}",
                 "messages",
             )
-        if not all(0 <= token < vocab for token in prompt):
-            raise InvalidRequestError(f"token ids must be in [0, {vocab})", "prompt")
+        self._check_vocab(prompt, "prompt")
         if not all(0 <= token < vocab for token, _ in request.params.logit_bias):
             raise InvalidRequestError(
                 f"logit_bias token ids must be in [0, {vocab})", "logit_bias"
             )
         if request.params.max_tokens < 1:
             raise InvalidRequestError("max_tokens must be at least 1", "max_tokens")
+
+    def _check_embedding(self, request: EmbeddingRequest) -> None:
+        prompt = request.prompt_ids
+        if not prompt:
+            raise InvalidRequestError("the input is empty", "input")
+        # Nothing is generated after it, so an input may fill the whole context.
+        if len(prompt) > self._token_limit:
+            raise InvalidRequestError(
+                f"the input has {len(prompt)} tokens; the context holds "
+                f"{self._token_limit}",
+                "input",
+            )
+        self._check_vocab(prompt, "input")
+
+    def _check_vocab(self, prompt: list[int], param: str) -> None:
+        vocab = self.runner.vocab_size
+        if not all(0 <= token < vocab for token in prompt):
+            raise InvalidRequestError(f"token ids must be in [0, {vocab})", param)
 
     def _loop(self) -> None:
         with torch.inference_mode():
@@ -220,11 +256,16 @@ class Engine:
     def _step(self) -> None:
         slots = self._scheduler.plan()
         inputs = [
-            SweepInput(slot.token_ids, slot.sequence.cache, slot.wants_logits)
+            SweepInput(
+                slot.token_ids,
+                slot.sequence.cache,
+                slot.wants_logits,
+                slot.wants_hidden,
+            )
             for slot in slots
         ]
         try:
-            logits = self.runner.sweep(inputs)
+            outputs = self.runner.sweep(inputs)
         except Exception as error:  # one failed sweep must not end the worker
             logger.exception("sweep failed; failing its %d requests", len(slots))
             self._fail([slot.sequence for slot in slots], error)
@@ -240,20 +281,33 @@ class Engine:
             self.totals.sweeps, sweep.sequences, sweep.tokens, sweep.bytes_streamed,
             sweep.wait_s * 1e3, sweep.compute_s * 1e3,
         )  # fmt: skip
-        for slot, row in zip(slots, logits, strict=True):
-            self._after_sweep(slot, row)
+        for slot, output in zip(slots, outputs, strict=True):
+            self._after_sweep(slot, output)
         self._scheduler.retire_done()
 
-    def _after_sweep(self, slot: Slot, logits: torch.Tensor | None) -> None:
+    def _after_sweep(self, slot: Slot, output: SweepOutput) -> None:
         sequence = slot.sequence
         sequence.consumed(slot.count)
-        if logits is None:
-            return
         try:
-            self._advance(sequence, logits)
+            if output.hidden is not None:
+                self._pool(sequence, output.hidden)
+            elif output.logits is not None:
+                self._advance(sequence, output.logits)
         except Exception as error:  # this request's fault; the others go on
             logger.exception("request %s failed", sequence.request_id)
             self._fail([sequence], error)
+
+    def _pool(self, sequence: Sequence, hidden: torch.Tensor) -> None:
+        sequence.pool(hidden)
+        if sequence.pending_ids:
+            return  # more chunks of the prompt to come
+        embedding = EmbeddingEvent(
+            sequence.mean_hidden(), sequence.num_prompt_tokens, sequence.queue_s
+        )
+        # Its keys and values serve nothing more: the blocks go back at once.
+        sequence.state = RequestState.FINISHED
+        sequence.release()
+        self._send(sequence, embedding)
 
     def _advance(self, sequence: Sequence, logits: torch.Tensor) -> None:
         params, prompt_ids = sequence.request.params, sequence.request.prompt_ids

@@ -1,8 +1,9 @@
 """What a caller hands the engine, and what the engine hands back.
 
 These types are the whole contract between the HTTP side and the worker: the
-server builds a ``GenerationRequest`` from token ids it prepared, and reads
-``TokenEvent`` / ``FinishEvent`` / ``ErrorEvent`` values from its callback.
+server builds a ``GenerationRequest`` (or an ``EmbeddingRequest``) from token ids
+it prepared, and reads ``TokenEvent`` / ``FinishEvent`` (or ``EmbeddingEvent``)
+/ ``ErrorEvent`` values from its callback.
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ class GenerationRequest:
 
 
 @dataclass(frozen=True)
+class EmbeddingRequest:
+    """A prompt run for its hidden states only: nothing is generated after it."""
+
+    request_id: str
+    prompt_ids: list[int]
+
+
+Request = GenerationRequest | EmbeddingRequest
+
+
+@dataclass(frozen=True)
 class TokenLogprob:
     """A generated token's log-probability, and the likeliest alternatives'."""
 
@@ -83,13 +95,22 @@ class FinishEvent:
 
 
 @dataclass(frozen=True)
+class EmbeddingEvent:
+    """An embedding request's only answer: the mean of its final hidden states."""
+
+    vector: tuple[float, ...]  # [hidden], after the final norm; not L2-normalized
+    prompt_tokens: int
+    queue_s: float = field(default=0.0, compare=False)
+
+
+@dataclass(frozen=True)
 class ErrorEvent:
     """A failure inside the worker, carried as a value to the reading side."""
 
     error: Exception
 
 
-Event = TokenEvent | FinishEvent | ErrorEvent
+Event = TokenEvent | FinishEvent | EmbeddingEvent | ErrorEvent
 EventSink = Callable[[Event], None]
 
 

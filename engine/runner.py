@@ -51,6 +51,15 @@ class SweepInput:
     token_ids: list[int]
     cache: SequenceCache
     wants_logits: bool = True  # False for a prompt chunk that is not the last
+    wants_hidden: bool = False  # an embedding's chunk: every token's final state
+
+
+@dataclass(frozen=True)
+class SweepOutput:
+    """What a sweep computed for one input; None where it was not asked for."""
+
+    logits: torch.Tensor | None = None  # [vocab], float32, of the last token
+    hidden: torch.Tensor | None = None  # [tokens, hidden], float32, after the norm
 
 
 @dataclass
@@ -116,8 +125,8 @@ class ModelRunner:
         self.kv_pool.max_blocks = -(-tokens // BLOCK_TOKENS) + sequences
 
     @torch.inference_mode()
-    def sweep(self, inputs: list[SweepInput]) -> list[torch.Tensor | None]:
-        """Advance every sequence by its new tokens; last-position logits per input."""
+    def sweep(self, inputs: list[SweepInput]) -> list[SweepOutput]:
+        """Advance every sequence by its new tokens; what each input asked for."""
         stats = SweepStats(len(inputs), sum(len(item.token_ids) for item in inputs))
         threads = self._threads.choose(stats.tokens)
         started = time.perf_counter()
@@ -126,11 +135,12 @@ class ModelRunner:
             for index, layer in enumerate(self.layers):
                 self._run_layer(index, layer, batch, stats)
             logits = self._logits(batch, inputs)
+            hidden = self._final_hidden(batch, inputs)
         self._threads.record(stats.tokens, threads, time.perf_counter() - started)
         for item in inputs:
             item.cache.advance(item.token_ids)
         self.last_sweep = stats
-        return logits
+        return [SweepOutput(*pair) for pair in zip(logits, hidden, strict=True)]
 
     def close(self) -> None:
         self.prefetcher.close()
@@ -219,6 +229,22 @@ class ModelRunner:
         out: list[torch.Tensor | None] = [None] * len(inputs)
         for row, index in enumerate(wanted):
             out[index] = logits[row]
+        return out
+
+    def _final_hidden(
+        self, batch: _Batch, inputs: list[SweepInput]
+    ) -> list[torch.Tensor | None]:
+        """The normed hidden state of every token, for the inputs that want it."""
+        out: list[torch.Tensor | None] = [None] * len(inputs)
+        if not any(item.wants_hidden for item in inputs):
+            return out  # the usual sweep: nothing to compute
+        norm = self.model.get_decoder().norm
+        start = 0
+        for index, item in enumerate(inputs):
+            end = start + len(item.token_ids)
+            if item.wants_hidden:
+                out[index] = norm(batch.hidden[0, start:end]).float()
+            start = end
         return out
 
     def _read_layer(self, index: int) -> LayerRead:

@@ -6,6 +6,7 @@ one token and prompts share the rest of the sweep's token budget in arrival
 order, so a long prompt is processed in chunks over several sweeps instead of
 stalling the others. When the KV cache would overflow, the latest arrivals
 give their cache back and wait at the head of the line to be computed again.
+An embedding is a prompt and nothing more: it leaves once its last chunk ran.
 """
 
 from __future__ import annotations
@@ -34,7 +35,14 @@ class Slot:
 
     @property
     def wants_logits(self) -> bool:
-        return self.count == len(self.sequence.pending_ids)
+        # A prompt's last chunk predicts the first token; an embedding predicts none.
+        is_last = self.count == len(self.sequence.pending_ids)
+        return is_last and not self.sequence.is_embedding
+
+    @property
+    def wants_hidden(self) -> bool:
+        """An embedding averages the final hidden state of every prompt token."""
+        return self.sequence.is_embedding
 
 
 class Scheduler:

@@ -11,8 +11,9 @@ from engine.constraint import TokenConstraint
 from engine.detokenize import TextStream
 from engine.kv_cache import SequenceCache
 from engine.request import (
+    EmbeddingRequest,
     EventSink,
-    GenerationRequest,
+    Request,
     RequestHandle,
     RequestState,
     TokenLogprob,
@@ -21,10 +22,10 @@ from engine.request import (
 
 @dataclass
 class Sequence:
-    request: GenerationRequest
+    request: Request
     handle: RequestHandle
     sink: EventSink
-    text: TextStream
+    text: TextStream | None  # None for an embedding: it produces no text
     generator: torch.Generator | None
     state: RequestState = RequestState.WAITING
     cache: SequenceCache | None = None
@@ -35,10 +36,16 @@ class Sequence:
     constraint: TokenConstraint | None = None
     submitted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # first admission; a preemption keeps it
+    # An embedding's final hidden rows summed over the chunks run so far: [hidden]
+    pooled: torch.Tensor | None = None
 
     @property
     def request_id(self) -> str:
         return self.request.request_id
+
+    @property
+    def is_embedding(self) -> bool:
+        return isinstance(self.request, EmbeddingRequest)
 
     @property
     def num_prompt_tokens(self) -> int:
@@ -74,18 +81,32 @@ class Sequence:
         """Join the batch, computing only what no remembered block holds.
 
         After a preemption that is often nothing but the last partial block.
+        An embedding computes every token: remembered blocks hold keys and
+        values, not the hidden states it averages.
         """
         tokens = list(self.request.prompt_ids) + self.output_ids
         self.cache = cache
         if self.started_at is None:
             self.started_at = time.monotonic()
-        self.num_cached = cache.reuse_prefix(tokens)
+        self.num_cached = 0 if self.is_embedding else cache.reuse_prefix(tokens)
         self.pending_ids = tokens[self.num_cached :]
+        self.pooled = None
         self.state = RequestState.RUNNING
 
     def consumed(self, count: int) -> None:
         self.num_cached += count
         self.pending_ids = self.pending_ids[count:]
+
+    def pool(self, hidden: torch.Tensor) -> None:
+        """Adds a chunk's final hidden states ([tokens, hidden]) to the sum."""
+        total = hidden.sum(dim=0)
+        self.pooled = total if self.pooled is None else self.pooled + total
+
+    def mean_hidden(self) -> tuple[float, ...]:
+        """The embedding, once every prompt token has been pooled."""
+        if self.pooled is None or self.pending_ids:
+            raise RuntimeError(f"{self.request_id} has not run its whole prompt")
+        return tuple((self.pooled / self.num_prompt_tokens).tolist())
 
     def release(self) -> None:
         """Free the KV cache as soon as the sequence leaves the batch."""

@@ -44,8 +44,8 @@ def streamed_tokens(
         batch = [
             SweepInput(ids, cache) for ids, cache in zip(pending, caches, strict=True)
         ]
-        for output, logits in zip(outputs, runner.sweep(batch), strict=True):
-            output.append(int(logits.argmax()))
+        for output, swept in zip(outputs, runner.sweep(batch), strict=True):
+            output.append(int(swept.logits.argmax()))
         pending = [[output[-1]] for output in outputs]
     return outputs
 
