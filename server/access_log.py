@@ -19,7 +19,7 @@ class RequestRecord:
     """What a route learns about its request, for the access log to report."""
 
     request_id: str
-    outcome: str = "unfinished"  # stop, length, error, timeout, cancelled
+    outcome: str = "unfinished"  # stop, length, embedded, error, timeout, cancelled
     prompt_tokens: int = 0
     completion_tokens: int = 0
     queue_s: float | None = None  # known once the engine reports the finish

@@ -16,6 +16,7 @@ from server.metrics import Metrics, RequestMetrics
 from server.routes import (
     chat,
     completions,
+    embeddings,
     health,
     metrics,
     models,
@@ -25,6 +26,18 @@ from server.routes import (
 )
 from server.served_model import ServedModel
 from server.settings import Settings
+
+_ROUTES = (
+    chat,
+    completions,
+    embeddings,
+    tokenize,
+    models,
+    health,
+    stats,
+    metrics,
+    page,
+)
 
 
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
@@ -36,7 +49,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     app.state.engine = None
     app.state.served_model = None
 
-    for routes in (chat, completions, tokenize, models, health, stats, metrics, page):
+    for routes in _ROUTES:
         app.include_router(routes.router)
     install_error_boundary(app)
     _add_middleware(app, settings)

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from engine.constraint import ConstraintFactory
 from engine.errors import RequestTimeoutError
 from engine.request import (
+    EmbeddingEvent,
     ErrorEvent,
     Event,
     FinishEvent,
@@ -78,15 +79,20 @@ class Tally:
                 self.record.note_tokens(count, index)
         match event:
             case FinishEvent(reason=reason, queue_s=queue_s):
-                if reason not in self._reasons:
-                    self._reasons.append(reason)
-                self.record.outcome = ",".join(self._reasons)
-                # The request waited until its last choice joined the batch.
-                self.record.queue_s = max(queue_s, self.record.queue_s or 0.0)
+                self._note_end(reason, queue_s)
+            case EmbeddingEvent(queue_s=queue_s):
+                self._note_end("embedded", queue_s)
             case ErrorEvent(error=error):
                 self.has_failed = True
                 is_timeout = isinstance(error, RequestTimeoutError)
                 self.record.outcome = "timeout" if is_timeout else "error"
+
+    def _note_end(self, outcome: str, queue_s: float) -> None:
+        if outcome not in self._reasons:
+            self._reasons.append(outcome)
+        self.record.outcome = ",".join(self._reasons)
+        # The request waited until its last choice joined the batch.
+        self.record.queue_s = max(queue_s, self.record.queue_s or 0.0)
 
     @property
     def usage(self) -> Usage:

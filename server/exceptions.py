@@ -33,18 +33,20 @@ class ContextLengthExceeded(ApiError):
         context_length: int,
         is_lower_bound: bool = False,
         param: str = "messages",
+        has_completion: bool = True,
     ) -> None:
         count = f"at least {prompt_tokens}" if is_lower_bound else str(prompt_tokens)
+        including = ", including the completion" if has_completion else ""
         super().__init__(
             f"'{param}' is {count} tokens long but the model's context holds "
-            f"{context_length} tokens, including the completion; shorten it"
+            f"{context_length} tokens{including}; shorten it"
         )
         self.param = param
 
 
 class EmptyPrompt(ApiError):
     def __init__(self, param: str) -> None:
-        super().__init__(f"'{param}' gives no tokens to complete")
+        super().__init__(f"'{param}' gives no tokens")
         self.param = param
 
 
@@ -73,6 +75,28 @@ class UnknownTokens(ApiError):
             f"[0, {vocab_size})"
         )
         self.param = param
+
+
+class InvalidDimensions(ApiError):
+    param = "dimensions"
+
+    def __init__(self, dimensions: int, hidden_size: int) -> None:
+        super().__init__(
+            f"dimensions is {dimensions}; the model's embeddings have 1 to "
+            f"{hidden_size}"
+        )
+
+
+class TooManyInputs(ApiError):
+    """More inputs than the engine's queue holds: they could never all wait."""
+
+    param = "input"
+
+    def __init__(self, count: int, limit: int) -> None:
+        super().__init__(
+            f"input has {count} items; this server takes at most {limit} per request "
+            "(its max_queue); send them in several requests"
+        )
 
 
 class UnenforceableOutput(ApiError):

@@ -1,23 +1,28 @@
 """A submitted request as the event loop sees it: its choices' engine events.
 
-A request with several choices (``n`` > 1, or several prompts) is several
-engine requests; their events arrive here merged, each tagged with its choice.
+A request with several choices (``n`` > 1, or several prompts; several inputs
+to embed) is several engine requests; their events arrive here merged, each
+tagged with its choice.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from functools import partial
 
 from engine import Engine
 from engine.request import (
+    EmbeddingEvent,
     ErrorEvent,
     Event,
     FinishEvent,
-    GenerationRequest,
+    Request,
     RequestHandle,
 )
+
+# The last event of an engine request.
+_ENDS = (FinishEvent, EmbeddingEvent, ErrorEvent)
 
 
 class ChoiceStreams:
@@ -30,7 +35,7 @@ class ChoiceStreams:
         self._open: set[int] = set()
 
     @classmethod
-    def submit(cls, engine: Engine, requests: list[GenerationRequest]) -> ChoiceStreams:
+    def submit(cls, engine: Engine, requests: Sequence[Request]) -> ChoiceStreams:
         """Queue one engine request per choice; raises what ``engine.submit`` does.
 
         If a later choice is refused (a full queue), the earlier ones are
@@ -65,7 +70,7 @@ class ChoiceStreams:
         """(choice, event) pairs until every choice has finished or failed."""
         while self._open:
             index, event = await self._queue.get()
-            if isinstance(event, (FinishEvent, ErrorEvent)):
+            if isinstance(event, _ENDS):
                 self._open.discard(index)
             yield index, event
 

@@ -72,17 +72,22 @@ def refuse_certainly_too_long(
     tokenizer: PreTrainedTokenizerBase,
     context_length: int,
     param: str,
+    has_completion: bool = True,
 ) -> None:
     """Refuses, without tokenizing, text that cannot fit whatever its tokens.
 
     Tokenizing megabytes takes seconds of CPU; but no token covers more
     characters than the vocabulary's longest entry, which bounds the count from
     below. (A normalizer that deletes characters could break the bound; the
-    tokenizers served here do not.)
+    tokenizers served here do not.) Text that is not completed (an embedding's
+    input) may fill the whole context.
     """
     at_least = characters // _longest_token_length(tokenizer)
-    if at_least >= context_length:
-        raise ContextLengthExceeded(at_least, context_length, True, param)
+    room = context_length - 1 if has_completion else context_length
+    if at_least > room:
+        raise ContextLengthExceeded(
+            at_least, context_length, True, param, has_completion
+        )
 
 
 def refuse_unknown_tokens(

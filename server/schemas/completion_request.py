@@ -28,12 +28,12 @@ class CompletionRequest(SamplingFields):
     @field_validator("prompt", mode="before")
     @classmethod
     def _as_prompt_list(cls, prompt: Any) -> Any:
-        if isinstance(prompt, str) or (prompt and _is_token_ids(prompt)):
+        if isinstance(prompt, str) or (prompt and is_token_ids(prompt)):
             prompt = [prompt]
         if not isinstance(prompt, list) or not prompt:
             raise ValueError(f"prompt must be {_PROMPT_SHAPES}, not empty")
         if not all(isinstance(p, str) for p in prompt) and not all(
-            p and _is_token_ids(p) for p in prompt
+            p and is_token_ids(p) for p in prompt
         ):
             raise ValueError(f"prompt must be {_PROMPT_SHAPES}")
         return prompt
@@ -68,7 +68,7 @@ class CompletionRequest(SamplingFields):
         return self.max_tokens
 
 
-def _is_token_ids(value: Any) -> bool:
+def is_token_ids(value: Any) -> bool:
     return isinstance(value, list) and all(
         isinstance(token, int) and not isinstance(token, bool) for token in value
     )

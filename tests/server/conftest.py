@@ -9,14 +9,19 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from transformers import PreTrainedTokenizerBase
 
+from engine.options import EngineOptions
 from engine.request import (
+    EmbeddingEvent,
+    EmbeddingRequest,
     ErrorEvent,
     EventSink,
     FinishEvent,
     GenerationRequest,
+    Request,
     RequestHandle,
     TokenEvent,
 )
@@ -38,6 +43,9 @@ class FakeEngine:
     stop_token_ids = frozenset({2})  # SmolLM2's <|im_end|>
     kv_tokens_used = kv_tokens_budget = 0
     totals = EngineTotals()
+    options = EngineOptions(torch.device("cpu"), torch.float32)
+    hidden_size = 4
+    vector = (3.0, 0.0, 4.0, 0.0)  # every input's embedding, before normalizing
 
     def __init__(self, tokenizer: PreTrainedTokenizerBase) -> None:
         self.tokenizer = tokenizer
@@ -46,16 +54,19 @@ class FakeEngine:
         self.error: Exception | None = None  # sent after the pieces, not a finish
         self.submit_error: Exception | None = None
         self.stall_after_first = False  # then wait for a cancel after one piece
-        self.requests: list[GenerationRequest] = []
+        self.requests: list[Request] = []
         self.handles: list[RequestHandle] = []
         self.sweep_observers: list[Callable[[SweepStats], None]] = []
 
-    def submit(self, request: GenerationRequest, sink: EventSink) -> RequestHandle:
+    def submit(self, request: Request, sink: EventSink) -> RequestHandle:
         if self.submit_error is not None:
             raise self.submit_error
         handle = RequestHandle(request.request_id)
         self.requests.append(request)
         self.handles.append(handle)
+        if isinstance(request, EmbeddingRequest):
+            sink(EmbeddingEvent(self.vector, len(request.prompt_ids)))
+            return handle
         worker = threading.Thread(target=self._play, args=(request, sink, handle))
         worker.start()
         return handle

@@ -24,6 +24,7 @@ CHAT = {
 WORK_ROUTES = [
     ("/v1/chat/completions", CHAT),
     ("/v1/completions", {"model": "smollm2-135m-instruct", "prompt": "Hi"}),
+    ("/v1/embeddings", {"model": "smollm2-135m-instruct", "input": "Hi"}),
     ("/tokenize", {"prompt": "Hi"}),
     ("/detokenize", {"tokens": [1, 2]}),
 ]

@@ -40,7 +40,9 @@ def test_while_loading_probes_answer_and_work_is_refused(
     assert "retry-after" in chat.headers
 
 
-@pytest.mark.parametrize("path", ["/v1/completions", "/tokenize", "/detokenize"])
+@pytest.mark.parametrize(
+    "path", ["/v1/completions", "/v1/embeddings", "/tokenize", "/detokenize"]
+)
 def test_while_loading_every_work_route_is_refused(tmp_path: Path, path: str) -> None:
     with TestClient(create_app(Settings(home=tmp_path))) as client:
         response = client.post(path, json={})

@@ -513,3 +513,17 @@ def test_streamed_call_ends_with_tool_calls_and_no_content(
 
     assert finish.choices[0].finish_reason == "tool_calls"
     assert _content(streamed_call) == ""
+
+
+def test_embeddings_come_back_in_order_at_unit_length(client: OpenAI) -> None:
+    texts = ["The sky is blue.", "Paris"]
+    # Without encoding_format the SDK asks for base64 and decodes it itself.
+    decoded = client.embeddings.create(model=MODEL, input=texts)
+    floats = client.embeddings.create(model=MODEL, input=texts, encoding_format="float")
+
+    assert [item.index for item in decoded.data] == [0, 1]
+    for item, plain in zip(decoded.data, floats.data, strict=True):
+        assert len(item.embedding) == 576  # SmolLM2-135M's hidden size
+        assert sum(x * x for x in item.embedding) == pytest.approx(1.0, abs=1e-5)
+        assert item.embedding == pytest.approx(plain.embedding, abs=1e-6)
+    assert decoded.usage.prompt_tokens == decoded.usage.total_tokens > 0
