@@ -19,8 +19,19 @@ from engine.request import (
 )
 from engine.sampling import choice_seed
 from server.access_log import RequestRecord
+from server.exceptions import TooManySequences
 from server.generation import ChoiceStreams
 from server.schemas.chat_response import Usage
+
+
+def refuse_over_queue(count: int, max_queue: int, param: str) -> None:
+    """Refuses a request whose sequences could never all wait in the queue.
+
+    Each choice (or input) is a sequence of its own; a request of more than
+    the queue holds would meet a 503 on every retry.
+    """
+    if count > max_queue:
+        raise TooManySequences(param, count, max_queue)
 
 
 def choice_requests(

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from transformers import PreTrainedTokenizerBase
 
+from server.choices import refuse_over_queue
 from server.exceptions import (
     ContextLengthExceeded,
     EmptyPrompt,
     InvalidDimensions,
-    TooManyInputs,
 )
 from server.prompt import refuse_certainly_too_long, refuse_unknown_tokens
 from server.schemas.embeddings import EmbeddingsRequest
@@ -24,8 +24,7 @@ def refuse_unservable(
     if dimensions is not None and dimensions > hidden_size:
         raise InvalidDimensions(dimensions, hidden_size)
     # Each input waits in the queue as a request of its own.
-    if len(request.input) > max_queue:
-        raise TooManyInputs(len(request.input), max_queue)
+    refuse_over_queue(len(request.input), max_queue, "input")
 
 
 def embedding_inputs(

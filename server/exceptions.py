@@ -87,16 +87,15 @@ class InvalidDimensions(ApiError):
         )
 
 
-class TooManyInputs(ApiError):
-    """More inputs than the engine's queue holds: they could never all wait."""
+class TooManySequences(ApiError):
+    """More sequences than the engine's queue holds: they could never all wait."""
 
-    param = "input"
-
-    def __init__(self, count: int, limit: int) -> None:
+    def __init__(self, param: str, count: int, limit: int) -> None:
         super().__init__(
-            f"input has {count} items; this server takes at most {limit} per request "
-            "(its max_queue); send them in several requests"
+            f"{param} asks for {count} sequences at once; this server queues at "
+            f"most {limit} (its max_queue): send them in several requests"
         )
+        self.param = param
 
 
 class UnenforceableOutput(ApiError):

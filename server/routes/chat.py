@@ -9,7 +9,7 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from server.access_log import RequestRecord
-from server.choices import Tally, choice_requests, collect
+from server.choices import Tally, choice_requests, collect, refuse_over_queue
 from server.completion import ChunkWriter, new_completion_id, stream_events
 from server.disconnect import unless_gone
 from server.generation import ChoiceStreams
@@ -35,6 +35,7 @@ async def create_chat_completion(
         logger.debug("ignoring unsupported fields %s", body.ignored_fields)
 
     engine = request.app.state.engine
+    refuse_over_queue(body.n, engine.options.max_queue, "n")
     # Templating and tokenizing a long prompt takes a while; keep the loop free.
     prompt = await run_in_threadpool(
         build_prompt, body, engine.tokenizer, engine.context_length

@@ -9,7 +9,7 @@ from sse_starlette import EventSourceResponse
 from starlette.concurrency import run_in_threadpool
 
 from server.access_log import RequestRecord
-from server.choices import Tally, choice_requests, collect
+from server.choices import Tally, choice_requests, collect, refuse_over_queue
 from server.disconnect import unless_gone
 from server.generation import ChoiceStreams
 from server.logprobs import pieces_of
@@ -38,6 +38,8 @@ async def create_completion(
         logger.debug("ignoring unsupported fields %s", body.ignored_fields)
 
     engine = request.app.state.engine
+    param = "n" if len(body.prompt) == 1 else "prompt"
+    refuse_over_queue(len(body.prompt) * body.n, engine.options.max_queue, param)
     prompts = await run_in_threadpool(
         build_text_prompts, body, engine.tokenizer, engine.context_length
     )

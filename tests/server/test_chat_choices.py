@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+import pytest
 from fastapi.testclient import TestClient
 
 from engine.errors import QueueFullError
@@ -111,3 +112,30 @@ def test_a_refused_choice_cancels_the_ones_already_queued(
 
     assert response.status_code == 503
     assert all(handle.cancelled for handle in fake_engine.handles)
+
+
+def test_more_choices_than_the_queue_holds_are_a_400_naming_n(
+    client: TestClient, fake_engine: FakeEngine
+) -> None:
+    n = fake_engine.options.max_queue + 1
+    body = {"model": MODEL, "messages": [HELLO], "n": n}
+
+    response = client.post("/v1/chat/completions", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == "n"
+    assert not fake_engine.requests
+
+
+@pytest.mark.parametrize(("prompts", "param"), [(1, "n"), (3, "prompt")])
+def test_text_completion_of_more_sequences_than_the_queue_is_a_400(
+    client: TestClient, fake_engine: FakeEngine, prompts: int, param: str
+) -> None:
+    n = fake_engine.options.max_queue // prompts + 1
+    body = {"model": MODEL, "prompt": ["Hi"] * prompts, "n": n}
+
+    response = client.post("/v1/completions", json=body)
+
+    assert response.status_code == 400
+    assert response.json()["error"]["param"] == param
+    assert not fake_engine.requests
