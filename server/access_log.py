@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -97,8 +98,9 @@ def _log(
     scope: Scope, status: int, seconds: float, record: RequestRecord | None
 ) -> None:
     level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
-    route = f"{scope['method']} {scope['path']} {status}"
-    http = {"method": scope["method"], "path": scope["path"], "status": status}
+    path = _printable(scope["path"])
+    route = f"{scope['method']} {path} {status}"
+    http = {"method": scope["method"], "path": path, "status": status}
     if record is None:
         extra = {"fields": {**http, "seconds": _rounded(seconds)}}
         logger.log(level, "%s %.3fs", route, seconds, extra=extra)
@@ -127,3 +129,9 @@ def _seconds(value: float | None) -> str:
 
 def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 4)
+
+
+def _printable(path: str) -> str:
+    # The path arrives percent-decoded: encoded again, a newline or NUL sent
+    # by a client cannot start a forged line of its own in the log.
+    return quote(path, safe="/:@!$&'()*+,;=-._~")

@@ -91,13 +91,28 @@ def _validation_detail(errors: Sequence[Mapping[str, Any]]) -> ErrorDetail:
         return _invalid_request(f"the request body is not valid JSON: {reason}")
     # The first element of a location says where it came from ("body"); the
     # rest is the field path a client knows.
-    path = ".".join(str(part) for part in first["loc"][1:])
+    path = ".".join(str(part) for part in first["loc"][1:] if not _is_tag(part))
     if not path:
         return _invalid_request(
             "the request body must be a JSON object sent as application/json"
         )
     reason = str(first["msg"]).removeprefix("Value error, ")
     return _invalid_request(f"{path}: {reason}", param=path)
+
+
+# Names pydantic gives the members of a union in an error's location; a client
+# never sent them, so the field path leaves them out.
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
+
+
+def _is_tag(part: object) -> bool:
+    if not isinstance(part, str):
+        return False  # a list index
+    return (
+        part in _TYPE_TAGS
+        or any(mark in part for mark in "[]'-(")
+        or part[:1].isupper()  # a model class of a union
+    )
 
 
 def _invalid_request(

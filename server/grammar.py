@@ -24,6 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.constraint import ConstraintFactory
+from server.exceptions import UnenforceableOutput
 
 logger = logging.getLogger(__name__)
 
@@ -80,13 +81,19 @@ class GrammarCompiler:
     ) -> GrammarCompiler:
         return cls(_llg_tokenizer(tokenizer, tuple(sorted(stop_token_ids))))
 
-    def factory(self, grammar: str) -> ConstraintFactory:
-        """Compiles now (raising ``GrammarError``); each call copies the result."""
+    def factory(
+        self, grammar: str, param: str = "response_format"
+    ) -> ConstraintFactory:
+        """Compiles now (raising ``GrammarError``); each call copies the result.
+
+        ``param`` is the request field the grammar came from, named by the
+        error if the grammar fails while the answer is being generated.
+        """
         compiled = llguidance.LLMatcher(self.tokenizer, grammar, log_level=0)
         if compiled.is_error():
             raise GrammarError(compiled.get_error())
         vocab_size = self.tokenizer.vocab_size
-        return lambda: GrammarConstraint(compiled.deep_copy(), vocab_size)
+        return lambda: GrammarConstraint(compiled.deep_copy(), vocab_size, param)
 
 
 @lru_cache(maxsize=4)
@@ -102,8 +109,11 @@ def _llg_tokenizer(
 class GrammarConstraint:
     """One sequence's grammar state, driven by the engine's worker."""
 
-    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
+    def __init__(
+        self, matcher: llguidance.LLMatcher, vocab_size: int, param: str
+    ) -> None:
         self._matcher = matcher
+        self._param = param
         self._bitmask = llguidance.numpy.allocate_token_bitmask(1, vocab_size)
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
@@ -121,9 +131,12 @@ class GrammarConstraint:
         return self._matcher.is_stopped()
 
     def _raise_if_failed(self) -> None:
+        # A grammar can compile and still fail on the way, e.g. when a
+        # recursive schema outgrows the parser's limits: the request's fault,
+        # so a 400 naming its field (or an error event, once streaming).
         if self._matcher.is_error():
-            error = self._matcher.get_error()
-            raise GrammarError(f"constrained decoding failed: {error}")
+            reason = f"constrained decoding failed: {self._matcher.get_error()}"
+            raise UnenforceableOutput(self._param, reason)
 
 
 def allowed_tokens(bitmask: np.ndarray, vocab_size: int) -> torch.Tensor:

@@ -100,10 +100,10 @@ def output_constraint(
     if grammar is None:
         return None  # the common case builds no grammar tables at all
     compiler = GrammarCompiler.of(tokenizer, stop_token_ids)
+    param = "tool_choice" if forced_tools(request) else "response_format"
     try:
-        return compiler.factory(grammar)
+        return compiler.factory(grammar, param)
     except GrammarError as error:
-        param = "tool_choice" if forced_tools(request) else "response_format"
         raise UnenforceableOutput(param, str(error)) from error
 
 

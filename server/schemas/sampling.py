@@ -46,7 +46,8 @@ class StreamOptions(BaseModel):
 class SamplingFields(BaseModel):
     # Fields of the OpenAI API this server does not use yet are accepted and
     # ignored, as clients send many of them by default.
-    model_config = ConfigDict(extra="allow")
+    # NaN passes no range check, so every float must be finite first.
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str
     temperature: float | None = Field(default=None, ge=0, le=2)

@@ -76,7 +76,7 @@ def test_missing_messages_is_a_400_naming_messages(client: TestClient) -> None:
         ({"top_logprobs": 2}, "top_logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
         ({"logit_bias": {"5": 101}}, "logit_bias.5"),
-        ({"logit_bias": {"five": 1}}, "logit_bias.five.[key]"),
+        ({"logit_bias": {"five": 1}}, "logit_bias.five"),
         ({"presence_penalty": -2.5}, "presence_penalty"),
         ({"frequency_penalty": 3}, "frequency_penalty"),
         ({"repetition_penalty": 0}, "repetition_penalty"),
@@ -214,6 +214,40 @@ def test_value_openai_refuses_is_a_400_naming_it(
     status, body = _post(client, **fields)
     assert status == 400
     assert _error(status, body)["param"].startswith(param)
+
+
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"tool_choice": "always"}, "tool_choice"),
+        ({"tool_choice": 5}, "tool_choice"),
+        ({"logit_bias": {"abc": 1}}, "logit_bias.abc"),
+        ({"messages": [{"role": "user", "content": 5}]}, "messages.0.content"),
+    ],
+)
+def test_param_is_the_field_path_without_pydantic_type_names(
+    client: TestClient, fields: dict[str, Any], param: str
+) -> None:
+    status, body = _post(client, **fields)
+
+    assert status == 400
+    assert _error(status, body)["param"] == param
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "presence_penalty"])
+def test_nan_is_refused_as_not_finite(client: TestClient, field: str) -> None:
+    body = b'{"model": "%s", "messages": [{"role": "user", "content": "Hi"}], '
+    body += b'"%s": NaN}'
+    response = client.post(
+        "/v1/chat/completions",
+        content=body % (MODEL.encode(), field.encode()),
+        headers={"content-type": "application/json"},
+    )
+
+    error = _error(400, response.json())
+    assert response.status_code == 400
+    assert error["param"] == field
+    assert "finite" in error["message"]
 
 
 def test_health_fails_when_the_worker_is_gone(

@@ -7,9 +7,9 @@ import pytest
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from server.exceptions import UnenforceableOutput
 from server.grammar import (
     GrammarCompiler,
-    GrammarError,
     allowed_tokens,
     json_schema_error,
     json_schema_grammar,
@@ -106,13 +106,32 @@ def test_each_factory_call_starts_a_fresh_state(
     assert first.is_finished and not second.is_finished
 
 
-def test_token_outside_the_grammar_raises(
+def test_token_outside_the_grammar_is_the_request_fault(
     compiler: GrammarCompiler, smollm2_tokenizer: PreTrainedTokenizerBase
 ) -> None:
-    constraint = compiler.factory(json_schema_grammar(PERSON))()
+    constraint = compiler.factory(json_schema_grammar(PERSON), "tool_choice")()
 
-    with pytest.raises(GrammarError):
+    with pytest.raises(UnenforceableOutput) as raised:
         constraint.accept(smollm2_tokenizer.encode("hello")[0])
+
+    assert raised.value.status_code == 400
+    assert raised.value.param == "tool_choice"
+
+
+def test_schema_that_outgrows_the_parser_while_generating_names_its_field(
+    compiler: GrammarCompiler, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    # Compiles, then fails on the first token: an object that must hold itself.
+    node = {"type": "object", "properties": {"c": {"$ref": "#/$defs/n"}}}
+    schema = {"$defs": {"n": {**node, "required": ["c"]}}, "$ref": "#/$defs/n"}
+    constraint = compiler.factory(json_schema_grammar(schema))()
+
+    with pytest.raises(UnenforceableOutput) as raised:
+        _feed(
+            constraint, smollm2_tokenizer.encode('{"c": {"c": '), len(smollm2_tokenizer)
+        )
+
+    assert raised.value.param == "response_format"
 
 
 @pytest.mark.parametrize(

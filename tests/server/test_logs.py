@@ -101,3 +101,15 @@ def test_a_late_request_of_several_choices_is_logged_as_timed_out(
     assert response.status_code == 504
     assert " 504 timeout " in line
     assert "layerstream_requests_timed_out_total 1.0" in client.get("/metrics").text
+
+
+def test_a_path_cannot_forge_a_log_line(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    forged = "/v1/models/x%0a2026-01-01 INFO server.access_log: FORGED%00"
+    with caplog.at_level(logging.INFO, logger="server.access_log"):
+        client.get(forged)
+
+    [line] = [r.getMessage() for r in caplog.records if "FORGED" in r.getMessage()]
+    assert "\n" not in line and "\x00" not in line
+    assert "/v1/models/x%0A2026-01-01%20INFO" in line
