@@ -107,7 +107,12 @@ class ModelRunner:
         buffers = prefetch_depth + 2 if staged else 0
         self._pool = StagingPool(buffers, checkpoint.staged_nbytes(dtype), device)
         self._copier = DeviceCopier(device)
-        self.prefetcher = Prefetcher(self._read_layer, streamed, prefetch_depth)
+        # A layer used in place needs no reading thread: its views cost
+        # microseconds, and handing them over through a queue cost the compute
+        # more than that.
+        self.prefetcher = Prefetcher(self._read_layer, staged, prefetch_depth)
+        for index in sorted(self.in_place_layers):
+            checkpoint.map_layer(index)  # pages mapped in once, at start-up
         self.layer_reads = 0
         self.last_sweep = SweepStats()
         # On a GPU the host threads only launch kernels: their number is left be.
@@ -155,7 +160,7 @@ class ModelRunner:
             return
 
         waited = time.perf_counter()
-        read = self.prefetcher.next(index)
+        read = self._take_layer(index)
         started = time.perf_counter()
         stats.wait_s += started - waited
         stats.layers_streamed += 1
@@ -247,11 +252,15 @@ class ModelRunner:
             start = end
         return out
 
+    def _take_layer(self, index: int) -> LayerRead:
+        if index not in self.in_place_layers:
+            return self.prefetcher.next(index)
+        nbytes = self._checkpoint.layer_nbytes(index)
+        return LayerRead(self._checkpoint.map_layer(index), nbytes, None, _nothing)
+
     def _read_layer(self, index: int) -> LayerRead:
         """Runs on the prefetch thread: disk or page cache -> buffer -> device."""
         nbytes = self._checkpoint.layer_nbytes(index)
-        if index in self.in_place_layers:
-            return LayerRead(self._checkpoint.map_layer(index), nbytes, None, _nothing)
         buffer = self._pool.take()
         try:
             host = self._checkpoint.read_layer(index, self.dtype, buffer)
