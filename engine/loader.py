@@ -56,7 +56,7 @@ def open_engine(
         checkpoint,
         options.device,
         options.dtype,
-        options.prefetch_depth,
+        _prefetch_depth(plan, options),
         plan.resident_layers,
     )
     _log_plan(folder, plan, options)
@@ -90,8 +90,24 @@ def _plan(
         checkpoint.resident_numel * itemsize,
         layers,
         kv or 0,
-        options.prefetch_depth + 2,  # the staging buffers of the runner
+        _wanted_in_flight(checkpoint, options),
     )
+
+
+def _wanted_in_flight(checkpoint: Checkpoint, options: EngineOptions) -> int:
+    """The runner's staging buffers: read ahead, being read, being computed."""
+    on_cpu = options.device.type == "cpu"
+    indexes = range(checkpoint.num_layers)
+    if on_cpu and all(checkpoint.is_stored_as(i, options.dtype) for i in indexes):
+        return 0  # every layer is used in place in the page cache: no buffers
+    return options.prefetch_depth + 2
+
+
+def _prefetch_depth(plan: ResidencyPlan, options: EngineOptions) -> int:
+    # A budget that holds fewer layers in flight than asked reads ahead less.
+    if plan.budget is None or plan.in_flight_layers == 0:
+        return options.prefetch_depth
+    return min(options.prefetch_depth, plan.in_flight_layers - 2)
 
 
 def check_transformers() -> None:

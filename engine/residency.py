@@ -24,6 +24,10 @@ _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}  # fmt: skip
 
 
+# One layer being read while another computes: streaming holds no fewer.
+MIN_IN_FLIGHT = 2
+
+
 class BudgetTooSmallError(LayerstreamError):
     """The budget cannot hold even the parts that must stay resident."""
 
@@ -105,7 +109,13 @@ def plan_residency(
     kv_bytes: int,
     in_flight_layers: int,
 ) -> ResidencyPlan:
-    """Keep as many leading layers as fit; ``budget=None`` streams every layer."""
+    """Keep as many leading layers as fit; ``budget=None`` streams every layer.
+
+    ``in_flight_layers`` is how many streamed layers the runner would like to
+    hold at once (0 where streamed layers are used in place and cost no memory
+    of the process). A budget with less room than that holds fewer, down to
+    two: one being read while one computes.
+    """
     resident: set[int] = set()
     if budget is not None:
         room = budget - fixed_bytes - kv_bytes
@@ -114,7 +124,12 @@ def plan_residency(
                 f"a budget of {_mb(budget)} cannot hold the embeddings, norm and "
                 f"head ({_mb(fixed_bytes)}) plus the KV cache ({_mb(kv_bytes)})"
             )
-        resident = _fit(room, layer_bytes, in_flight_layers)
+        if sum(layer_bytes) <= room:
+            resident = set(range(len(layer_bytes)))
+        else:
+            in_flight_layers = _in_flight(room, layer_bytes, in_flight_layers, budget)
+            largest = max(layer_bytes, default=0)
+            resident = _fit(room - largest * in_flight_layers, layer_bytes)
     return ResidencyPlan(
         budget,
         fixed_bytes,
@@ -125,11 +140,27 @@ def plan_residency(
     )
 
 
-def _fit(room: int, layer_bytes: list[int], in_flight: int) -> set[int]:
-    if sum(layer_bytes) <= room:
-        return set(range(len(layer_bytes)))
-    # Streaming needs its own buffers for the layers in flight.
-    room -= max(layer_bytes, default=0) * in_flight
+def _in_flight(room: int, layer_bytes: list[int], wanted: int, budget: int) -> int:
+    largest = max(layer_bytes, default=0)
+    if wanted == 0 or largest == 0:
+        return wanted
+    fits = min(wanted, room // largest)
+    if fits < MIN_IN_FLIGHT:
+        raise BudgetTooSmallError(
+            f"a budget of {_mb(budget)} leaves {_mb(room)} after the embeddings, "
+            f"norm, head and KV cache: too little to stream layers of up to "
+            f"{_mb(largest)}, {MIN_IN_FLIGHT} at a time"
+        )
+    if fits < wanted:
+        logger.warning(
+            "the budget holds %d streamed layers in flight, not %d: reading ahead less",
+            fits,
+            wanted,
+        )
+    return fits
+
+
+def _fit(room: int, layer_bytes: list[int]) -> set[int]:
     resident: set[int] = set()
     for index, size in enumerate(layer_bytes):
         if size > room:

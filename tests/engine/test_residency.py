@@ -26,6 +26,26 @@ def test_budget_keeps_leading_layers_after_kv_and_buffers() -> None:
     assert plan.streamed_bytes_per_sweep == 600
 
 
+def test_budget_short_of_the_wanted_buffers_reads_ahead_less() -> None:
+    # 550 - 200 fixed - 100 KV leaves 250: two layers in flight, not four.
+    plan = plan_residency(550, 200, LAYERS, 100, in_flight_layers=4)
+
+    assert plan.in_flight_layers == 2
+    assert plan.resident_layers == frozenset()
+
+
+def test_budget_short_of_two_layers_in_flight_is_refused() -> None:
+    with pytest.raises(BudgetTooSmallError, match="2 at a time"):
+        plan_residency(450, 200, LAYERS, 100, in_flight_layers=4)
+
+
+def test_layers_used_in_place_leave_all_the_room_to_resident_ones() -> None:
+    plan = plan_residency(700, 200, LAYERS, 100, in_flight_layers=0)
+
+    assert sorted(plan.resident_layers) == [0, 1, 2, 3]
+    assert plan.streaming_buffer_bytes == 0
+
+
 def test_model_that_fits_streams_nothing() -> None:
     plan = plan_residency(1300, 200, LAYERS, 100, 3)
     assert plan.streamed_layers == []

@@ -6,15 +6,23 @@ from pathlib import Path
 
 import torch
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     Gemma3TextConfig,
     LlamaConfig,
     MistralConfig,
     PretrainedConfig,
     PreTrainedModel,
+    PreTrainedTokenizerBase,
     Qwen2Config,
     Qwen3Config,
 )
+
+from engine.checkpoint import Checkpoint
+from engine.engine import Engine
+from engine.options import EngineOptions
+from engine.runner import ModelRunner
+from engine.skeleton import build_skeleton
 
 SHAPE = dict(
     hidden_size=64,
@@ -60,3 +68,22 @@ def save_model(
     kwargs = {"max_shard_size": shard_size} if shard_size else {}
     model.save_pretrained(folder, **kwargs)
     return folder
+
+
+def engine_on(
+    folder: Path, tokenizer: PreTrainedTokenizerBase, name: str, max_batch: int
+) -> Engine:
+    """The real engine over a saved checkpoint, with no end-of-text token.
+
+    Built by hand rather than by ``open_engine``, so the tokenizer can be any
+    (the default model's, for its chat template) and answers run to their cap.
+    """
+    options = EngineOptions(torch.device("cpu"), torch.float32, max_batch=max_batch)
+    runner = ModelRunner(
+        build_skeleton(AutoConfig.from_pretrained(folder)),
+        Checkpoint(folder),
+        options.device,
+        options.dtype,
+        options.prefetch_depth,
+    )
+    return Engine(name, tokenizer, runner, options, frozenset())

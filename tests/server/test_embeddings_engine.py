@@ -18,14 +18,11 @@ import torch
 from fastapi.testclient import TestClient
 from transformers import LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
 
-from engine.checkpoint import Checkpoint
 from engine.engine import Engine
-from engine.options import EngineOptions
-from engine.runner import ModelRunner, SweepInput
-from engine.skeleton import build_skeleton
+from engine.runner import SweepInput
 from server.app import create_app
 from server.settings import Settings
-from tests.engine.tiny_models import build_model
+from tests.engine.tiny_models import build_model, engine_on
 from tests.server.tiny_server import live_server
 
 MODEL = "tiny"
@@ -61,15 +58,7 @@ def engine(
 ) -> Iterator[Engine]:
     folder = tmp_path_factory.mktemp("tiny-embed")
     model.save_pretrained(folder)
-    options = EngineOptions(torch.device("cpu"), torch.float32, max_batch=4)
-    runner = ModelRunner(
-        build_skeleton(model.config),
-        Checkpoint(folder),
-        options.device,
-        options.dtype,
-        options.prefetch_depth,
-    )
-    engine = Engine(MODEL, smollm2_tokenizer, runner, options, frozenset())
+    engine = engine_on(folder, smollm2_tokenizer, MODEL, max_batch=4)
     yield engine
     engine.shutdown()
 

@@ -13,19 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 from transformers import LlamaConfig, PreTrainedTokenizerBase
 
 import engine.engine as worker
-from engine.checkpoint import Checkpoint
 from engine.engine import Engine
-from engine.options import EngineOptions
-from engine.runner import ModelRunner
-from engine.skeleton import build_skeleton
 from server.app import create_app
 from server.settings import Settings
-from tests.engine.tiny_models import build_model, save_model
+from tests.engine.tiny_models import build_model, engine_on, save_model
 
 MODEL = "tiny"
 CONTEXT = 64
@@ -53,16 +48,7 @@ def engine(
 ) -> Iterator[Engine]:
     config = _config(len(smollm2_tokenizer))
     folder = save_model(build_model(config), tmp_path_factory.mktemp("tiny-vocab"))
-    options = EngineOptions(torch.device("cpu"), torch.float32, max_batch=4)
-    runner = ModelRunner(
-        build_skeleton(config),
-        Checkpoint(folder),
-        options.device,
-        options.dtype,
-        options.prefetch_depth,
-    )
-    # No end-of-text token: answers run to their cap, the context or a stop.
-    engine = Engine(MODEL, smollm2_tokenizer, runner, options, frozenset())
+    engine = engine_on(folder, smollm2_tokenizer, MODEL, max_batch=4)
     yield engine
     engine.shutdown()
 
