@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from engine.checkpoint import Checkpoint
 from engine.errors import ModelFileError
+from engine.kernels import use_cpu_kernels
 from engine.kv_cache import BLOCK_TOKENS, KVPool, SequenceCache
 from engine.layout import (
     Weights,
@@ -91,6 +92,7 @@ class ModelRunner:
         self._checkpoint = checkpoint
         self._rotary_takes_type = rotary_takes_layer_type(skeleton)
         use_packed_attention(self.config)
+        self.linear_kernel = use_cpu_kernels(skeleton, device, dtype)
         self.kv_pool = _kv_pool(self.config, len(self.layers), dtype, device)
 
         check_layer_keys(self.layers, checkpoint)
