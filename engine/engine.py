@@ -67,14 +67,17 @@ class Engine:
         self.tokenizer = tokenizer
         self.runner = runner
         self.options = options
-        self.context_length = _context_length(runner.model.config)
         self.created = int(time.time())
         self.totals = EngineTotals()
         self.plan: dict[str, object] = {}  # the residency plan, for the API
         # Called on the worker thread after each sweep; must be quick.
         self.sweep_observers: list[Callable[[SweepStats], None]] = []
         self._stop_token_ids = stop_token_ids
-        kv_tokens = kv_tokens or options.max_batch * self.context_length
+        model_context = _context_length(runner.model.config)
+        kv_tokens = kv_tokens or options.max_batch * model_context
+        # A sequence longer than the KV budget could never run: the context
+        # served, and reported to clients, is the smaller of the two.
+        self.context_length = min(model_context, kv_tokens)
         runner.cap_kv(kv_tokens, options.max_batch)
         # Submitted and not yet admitted: their deadlines and cancels are
         # watched here, since the scheduler only sees them once admitted.
@@ -189,10 +192,10 @@ class Engine:
         prompt, vocab = request.prompt_ids, self.runner.vocab_size
         if not prompt:
             raise InvalidRequestError("the prompt is empty", "messages")
-        if len(prompt) >= self._token_limit:
+        if len(prompt) >= self.context_length:
             raise InvalidRequestError(
                 f"the prompt has {len(prompt)} tokens; the context holds "
-                f"{self._token_limit}",
+                f"{self.context_length}",
                 "messages",
             )
         self._check_vocab(prompt, "prompt")
@@ -208,10 +211,10 @@ class Engine:
         if not prompt:
             raise InvalidRequestError("the input is empty", "input")
         # Nothing is generated after it, so an input may fill the whole context.
-        if len(prompt) > self._token_limit:
+        if len(prompt) > self.context_length:
             raise InvalidRequestError(
                 f"the input has {len(prompt)} tokens; the context holds "
-                f"{self._token_limit}",
+                f"{self.context_length}",
                 "input",
             )
         self._check_vocab(prompt, "input")
@@ -226,6 +229,7 @@ class Engine:
             while not self._stopping.is_set():
                 try:
                     self._watch_queued()
+                    self._scheduler.drop_waiting(self._retire_if_dropped)
                     self._scheduler.admit(self._retire_if_dropped)
                     if self._scheduler.running:
                         self._step()
@@ -233,11 +237,6 @@ class Engine:
                     logger.exception("worker iteration failed")
                     self._fail(self._scheduler.running, error)
                     self._scheduler.retire_done()
-
-    @property
-    def _token_limit(self) -> int:
-        """Longest sequence: the model's context, or the KV budget if smaller."""
-        return min(self.context_length, self._scheduler.kv_tokens)
 
     def run(self) -> None:
         """The worker loop, on the calling thread, until ``stop``.
@@ -338,7 +337,7 @@ class Engine:
 
     def _at_limit(self, sequence: Sequence) -> bool:
         at_cap = sequence.num_output_tokens >= sequence.request.params.max_tokens
-        return at_cap or sequence.num_tokens >= self._token_limit
+        return at_cap or sequence.num_tokens >= self.context_length
 
     def _finish(self, sequence: Sequence, reason: FinishReason) -> None:
         self._emit(sequence, sequence.text.flush(), is_final=True)

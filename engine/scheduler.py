@@ -12,7 +12,7 @@ An embedding is a prompt and nothing more: it leaves once its last chunk ran.
 from __future__ import annotations
 
 import collections
-import queue
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -60,20 +60,34 @@ class Scheduler:
         self.running: list[Sequence] = []
         self.num_preempted = 0
         self._new_cache = new_cache
-        self._waiting: queue.Queue[Sequence] = queue.Queue(maxsize=max_queue)
+        self.max_queue = max_queue
+        # Filled by the callers' threads, emptied by the worker.
+        self._waiting: collections.deque[Sequence] = collections.deque()
+        self._arrived = threading.Condition()
         self._returned: collections.deque[Sequence] = collections.deque()
 
     @property
     def num_waiting(self) -> int:
-        return self._waiting.qsize() + len(self._returned)
+        return len(self._waiting) + len(self._returned)
 
     def add(self, sequence: Sequence) -> None:
-        try:
-            self._waiting.put_nowait(sequence)
-        except queue.Full:
-            raise QueueFullError(
-                f"{self._waiting.maxsize} requests are already waiting"
-            ) from None
+        with self._arrived:
+            if len(self._waiting) >= self.max_queue:
+                raise QueueFullError(
+                    f"{self.max_queue} requests are already waiting or leaving"
+                )
+            self._waiting.append(sequence)
+            self._arrived.notify()
+
+    def drop_waiting(self, retire: Callable[[Sequence], bool]) -> None:
+        """Forget the waiting sequences ``retire`` drops: their places free now.
+
+        Left in line, a request whose client went away would hold its place
+        until it reached the head, and with the batch busy that can be long.
+        """
+        with self._arrived:
+            kept = [seq for seq in self._waiting if not retire(seq)]
+            self._waiting = collections.deque(kept)
 
     def admit(self, retire: Callable[[Sequence], bool]) -> None:
         """Fill the batch; ``retire`` drops a cancelled sequence and says so."""
@@ -134,12 +148,10 @@ class Scheduler:
     def _next(self, block: bool) -> Sequence | None:
         if self._returned:
             return self._returned.popleft()
-        try:
-            if block:
-                return self._waiting.get(timeout=_IDLE_POLL_S)
-            return self._waiting.get_nowait()
-        except queue.Empty:
-            return None
+        with self._arrived:
+            if block and not self._waiting:
+                self._arrived.wait(timeout=_IDLE_POLL_S)
+            return self._waiting.popleft() if self._waiting else None
 
 
 def _kv_after(slots: list[Slot]) -> int:

@@ -219,9 +219,15 @@ def _describe_invalid(exc: ValidationError) -> str:
     return "invalid setting " + "; ".join(problems)
 
 
+# Settings whose values must not reach a terminal or a log, even when wrong.
+_SECRET_SETTINGS = frozenset({"api_keys"})
+
+
 def _describe_problem(error: ErrorDetails) -> str:
     name = ".".join(map(str, error["loc"]))
     reason = str(error["msg"]).removeprefix("Value error, ")
+    if error["loc"] and error["loc"][0] in _SECRET_SETTINGS:
+        return f"{name}: {reason.split(':')[0]} (value not shown: a secret)"
     return f"{name}: {reason} (got {error['input']!r})"
 
 

@@ -33,3 +33,7 @@ def configure_logging(level: str, log_format: LogFormat = "text") -> None:
     )
     handler.setFormatter(formatter)
     logging.basicConfig(level=level.upper(), handlers=[handler])
+    # sse-starlette logs every chunk it sends at DEBUG: answers' text, for
+    # every request, in a log that may be shared.
+    quiet = max(logging.INFO, logging.getLevelNamesMapping()[level.upper()])
+    logging.getLogger("sse_starlette").setLevel(quiet)

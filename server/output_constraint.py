@@ -50,8 +50,13 @@ def forced_tools(request: ChatCompletionRequest) -> list[Tool]:
 
 
 def tool_call_grammar(tools: list[Tool], is_parallel: bool) -> str:
-    """One call (or several, one after another) to one of ``tools``."""
-    calls = 'call ("\\n" call)*' if is_parallel else "call"
+    """One call (or up to one per tool, one after another) to one of ``tools``.
+
+    Parallel calls are bounded: a grammar that always allows one more call
+    lets a small model write calls until it runs out of tokens.
+    """
+    more = f'("\\n" call){{0,{len(tools) - 1}}}'
+    calls = f"call {more}" if is_parallel else "call"
     opening, closing = json.dumps(OPEN + "\n"), json.dumps("\n" + CLOSE)
     rules = [
         f"start: {calls}",

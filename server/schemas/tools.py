@@ -19,12 +19,23 @@ class FunctionDefinition(BaseModel):
     @field_validator("parameters")
     @classmethod
     def _enforceable(cls, parameters: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if parameters is None else checked_schema(parameters)
+        if parameters is None:
+            return None
+        # Arguments are a JSON object, as with OpenAI: a call with any other
+        # kind of arguments could never be parsed.
+        kind = parameters.get("type", "object")
+        if kind != "object":
+            raise ValueError(
+                f"parameters must be a JSON Schema of type object, not {kind!r}"
+            )
+        return checked_schema(parameters)
 
     @property
     def parameters_schema(self) -> dict[str, Any]:
         # OpenAI reads a function without parameters as one taking none.
-        return self.parameters or {"type": "object", "properties": {}}
+        if not self.parameters:
+            return {"type": "object", "properties": {}}
+        return {"type": "object", **self.parameters}
 
 
 class Tool(BaseModel):

@@ -238,6 +238,34 @@ def test_leaving_the_queue_frees_its_place_at_once(
         engine.shutdown()
 
 
+def test_clients_leaving_the_queue_one_after_another_leave_it_empty(
+    tmp_path: Path, smollm2_tokenizer
+) -> None:
+    folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
+    engine = make_engine(folder, smollm2_tokenizer, max_batch=1, max_queue=1)
+    # The batch stays full while the worker keeps sweeping.
+    held = submit(engine, max_tokens=10_000, sink=lambda event: time.sleep(0.02))
+    try:
+        _wait_for_sweeps(engine, 1)
+        for _ in range(5):  # more leavers than the queue has room for
+            params = SamplingParams(max_tokens=2, temperature=0.0)
+            engine.submit(GenerationRequest("q", PROMPT, params), print).cancel()
+            _wait_for_sweeps(engine, 2)
+        assert engine.num_waiting == 0
+        submit(engine)  # not refused: the leavers hold no place
+    finally:
+        engine.shutdown()
+    del held
+
+
+def _wait_for_sweeps(engine: Engine, count: int) -> None:
+    goal = engine.num_sweeps + count
+    deadline = time.monotonic() + TIMEOUT_S
+    while engine.num_sweeps < goal:
+        assert time.monotonic() < deadline, "the worker stopped sweeping"
+        time.sleep(0.005)
+
+
 def test_request_past_its_deadline_gets_a_timeout_error(
     tmp_path: Path, smollm2_tokenizer
 ) -> None:

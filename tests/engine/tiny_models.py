@@ -71,7 +71,11 @@ def save_model(
 
 
 def engine_on(
-    folder: Path, tokenizer: PreTrainedTokenizerBase, name: str, max_batch: int
+    folder: Path,
+    tokenizer: PreTrainedTokenizerBase,
+    name: str,
+    max_batch: int,
+    kv_tokens: int | None = None,
 ) -> Engine:
     """The real engine over a saved checkpoint, with no end-of-text token.
 
@@ -86,4 +90,4 @@ def engine_on(
         options.dtype,
         options.prefetch_depth,
     )
-    return Engine(name, tokenizer, runner, options, frozenset())
+    return Engine(name, tokenizer, runner, options, frozenset(), kv_tokens)

@@ -244,6 +244,17 @@ def test_tool_history_is_accepted(client: TestClient) -> None:
             "tools.0.function.parameters",
         ),
         (
+            {
+                "tools": [
+                    {
+                        "type": "function",
+                        "function": {"name": "f", "parameters": {"type": "string"}},
+                    }
+                ]
+            },
+            "tools.0.function.parameters",
+        ),
+        (
             {"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
             "messages.0.content.0.type",
         ),

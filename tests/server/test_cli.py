@@ -79,6 +79,19 @@ def test_invalid_setting_exits_with_one_line_naming_it(
     assert "port" in err
 
 
+def test_invalid_api_keys_are_named_but_not_shown(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("LAYERSTREAM_API_KEYS", "[sk-very-secret")
+
+    code = main(["serve"])
+
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "api_keys" in err
+    assert "sk-very-secret" not in err
+
+
 def test_invalid_config_file_exits_with_one_line(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:

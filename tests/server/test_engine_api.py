@@ -321,3 +321,26 @@ def test_worker_failure_mid_stream_ends_it_with_an_error_and_others_go_on(
         }
     }
     assert _chat(client, max_tokens=3)["choices"][0]["finish_reason"] == "length"
+
+
+def test_a_kv_budget_below_the_context_is_the_context_served(
+    smollm2_tokenizer: PreTrainedTokenizerBase, tmp_path: Path
+) -> None:
+    config = _config(len(smollm2_tokenizer))
+    folder = save_model(build_model(config), tmp_path / "model")
+    small = engine_on(folder, smollm2_tokenizer, MODEL, max_batch=1, kv_tokens=40)
+    try:
+        with TestClient(create_app(Settings(home=tmp_path), small)) as client:
+            model = client.get(f"/v1/models/{MODEL}").json()
+            counted = client.post("/tokenize", json={"model": MODEL, "prompt": "a"})
+            refused = client.post(
+                "/v1/completions", json={"model": MODEL, "prompt": [9] * 45}
+            )
+    finally:
+        small.shutdown()
+
+    assert model["context_length"] == 40
+    assert counted.json()["max_model_len"] == 40
+    assert refused.status_code == 400
+    error = refused.json()["error"]
+    assert (error["code"], error["param"]) == ("context_length_exceeded", "prompt")

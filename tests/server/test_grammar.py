@@ -15,6 +15,8 @@ from server.grammar import (
     json_schema_grammar,
     lark_grammar,
 )
+from server.output_constraint import tool_call_grammar
+from server.schemas.tools import Tool
 
 STOP = 2  # SmolLM2's <|im_end|>
 PERSON = {
@@ -78,6 +80,23 @@ def test_schema_answer_finishes_after_its_closing_brace(
     _feed(constraint, ids, vocab)
 
     assert constraint.is_finished
+
+
+def test_parallel_calls_end_after_one_call_per_tool(
+    compiler: GrammarCompiler, smollm2_tokenizer: PreTrainedTokenizerBase
+) -> None:
+    vocab = len(smollm2_tokenizer)
+    tools = [
+        Tool.model_validate({"type": "function", "function": {"name": name}})
+        for name in ("a", "b")
+    ]
+    constraint = compiler.factory(tool_call_grammar(tools, is_parallel=True))()
+    call = '<tool_call>\n{{"name": "{}", "arguments": {{}}}}\n</tool_call>'
+    text = "\n".join(call.format(name) for name in ("a", "a"))
+
+    _feed(constraint, smollm2_tokenizer.encode(text), vocab)
+
+    assert constraint.is_finished  # no third call, however the model would go on
 
 
 def test_stop_token_is_forbidden_until_the_answer_is_whole(
