@@ -18,13 +18,17 @@ from typing import Any
 
 from bench import generate_worker
 from bench.memory import MemoryWatch
-from bench.prompt import chat_messages
+from bench.prompt import chat_messages, many_variants, solo_variants
 from bench.results import AIRLLM_B1, OFFLOAD_B1, TF_B1, TF_B16, Row
 
 logger = logging.getLogger(__name__)
 
 _WORKER = Path(generate_worker.__file__)
 _TAIL_LINES = 3
+
+
+# The chats of a measurement: per timed run, one chat per batch row.
+Runs = tuple[tuple[tuple[dict[str, str], ...], ...], ...]
 
 
 class WorkerFailed(Exception):
@@ -38,7 +42,7 @@ class WorkerSpec:
     batch: int
     tokens: int
     warmup_tokens: int
-    prompts: tuple[tuple[dict[str, str], ...], ...]  # one chat per batch row
+    runs: Runs
     max_memory: str | None = None
     offload_folder: str | None = None
 
@@ -49,7 +53,8 @@ def transformers_rows(
     rows = []
     for key, size in ((TF_B1, 1), (TF_B16, batch)):
         row = Row(key, "transformers", f"in memory, batch {size}", size)
-        spec = _spec("transformers", folder, size, tokens)
+        runs = _solo_runs() if size == 1 else (_batch(many_variants(size)),)
+        spec = _spec("transformers", folder, runs, tokens)
         rows.append(_measure(row, sys.executable, spec, timeout_s))
     return rows
 
@@ -59,7 +64,12 @@ def offload_row(folder: Path, tokens: int, max_memory: str, timeout_s: float) ->
     row = Row(OFFLOAD_B1, "transformers + accelerate", config, 1)
     with tempfile.TemporaryDirectory(prefix="bench-offload-") as scratch:
         spec = _spec(
-            "offload", folder, 1, tokens, max_memory=max_memory, offload_folder=scratch
+            "offload",
+            folder,
+            _solo_runs()[:1],  # at a few tokens/s, one run is enough to tell
+            tokens,
+            max_memory=max_memory,
+            offload_folder=scratch,
         )
         return _measure(row, sys.executable, spec, timeout_s)
 
@@ -74,24 +84,31 @@ def airllm_row(folder: Path, python: str | None, tokens: int, timeout_s: float) 
         copy = Path(scratch) / folder.name
         shutil.copytree(folder, copy, ignore=shutil.ignore_patterns("splitted_model"))
         # No warm-up: at a few seconds per token it would double the stage.
-        spec = _spec("airllm", copy, 1, tokens, warmup_tokens=0)
+        spec = _spec("airllm", copy, _solo_runs()[:1], tokens, warmup_tokens=0)
         row = _measure(row, python, spec, timeout_s)
     row.note = "fewer tokens and no warm-up: AirLLM runs at about 0.1 tokens/s"
     return row
 
 
+def _batch(variants: range) -> tuple[tuple[dict[str, str], ...], ...]:
+    return tuple(tuple(chat_messages(variant)) for variant in variants)
+
+
+def _solo_runs() -> Runs:
+    """One stream, once per solo prompt, as layerstream's one-stream rows."""
+    return tuple(_batch(range(variant, variant + 1)) for variant in solo_variants())
+
+
 def _spec(
     backend: str,
     folder: Path,
-    batch: int,
+    runs: Runs,
     tokens: int,
     warmup_tokens: int = 2,
     **extra: Any,
 ) -> WorkerSpec:
-    prompts = tuple(tuple(chat_messages(row)) for row in range(batch))
-    return WorkerSpec(
-        backend, str(folder), batch, tokens, warmup_tokens, prompts, **extra
-    )
+    batch = len(runs[0])
+    return WorkerSpec(backend, str(folder), batch, tokens, warmup_tokens, runs, **extra)
 
 
 def _measure(row: Row, python: str, spec: WorkerSpec, timeout_s: float) -> Row:
@@ -107,6 +124,8 @@ def _measure(row: Row, python: str, spec: WorkerSpec, timeout_s: float) -> Row:
     row.peak_rss_bytes = result["peak_rss_bytes"]
     row.peak_anon_bytes = anon
     row.text = result["text"]
+    if len(spec.runs) > 1:
+        row.note = f"median of {len(spec.runs)} runs"
     return row
 
 

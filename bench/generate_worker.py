@@ -101,28 +101,46 @@ def peak_rss_bytes() -> int | None:
 
 
 def run(spec: dict[str, Any]) -> dict[str, Any]:
+    """Every run of ``spec["runs"]`` (a batch of chats each); the median by time.
+
+    The text is the first run's first row, the one every system answers.
+    """
     started = time.perf_counter()
     model, tokenizer = load(spec)
     load_s = time.perf_counter() - started
-    ids = prompt_ids(tokenizer, spec["prompts"])
+    batches = [prompt_ids(tokenizer, chats) for chats in spec["runs"]]
 
     with torch.inference_mode():
         if spec["warmup_tokens"]:
-            generate(model, tokenizer, ids, spec["warmup_tokens"], FirstTokenClock())
-        clock = FirstTokenClock()
-        sent = time.perf_counter()
-        out = generate(model, tokenizer, ids, spec["tokens"], clock)
-        wall_s = time.perf_counter() - sent
+            warmup = spec["warmup_tokens"]
+            generate(model, tokenizer, batches[0], warmup, FirstTokenClock())
+        timed = [
+            timed_generate(model, tokenizer, ids, spec["tokens"]) for ids in batches
+        ]
 
-    new = out[:, ids.shape[1] :]  # [batch, new tokens]
-    ttft = None if clock.first_token_at is None else clock.first_token_at - sent
+    median = sorted(timed, key=lambda run: run["wall_s"])[len(timed) // 2]
     return {
+        **median,
         "load_s": load_s,
+        "runs_wall_s": [run["wall_s"] for run in timed],
+        "peak_rss_bytes": peak_rss_bytes(),
+        "text": timed[0]["text"],
+    }
+
+
+def timed_generate(
+    model: Any, tokenizer: Any, ids: torch.Tensor, tokens: int
+) -> dict[str, Any]:
+    clock = FirstTokenClock()
+    sent = time.perf_counter()
+    out = generate(model, tokenizer, ids, tokens, clock)
+    wall_s = time.perf_counter() - sent
+    new = out[:, ids.shape[1] :]  # [batch, new tokens]
+    return {
         "prompt_tokens": ids.shape[1],
         "completion_tokens": int(new.numel()),
         "wall_s": wall_s,
-        "ttft_s": ttft,
-        "peak_rss_bytes": peak_rss_bytes(),
+        "ttft_s": None if clock.first_token_at is None else clock.first_token_at - sent,
         "text": tokenizer.decode(new[0], skip_special_tokens=True),
     }
 

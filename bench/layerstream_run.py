@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from bench.http_load import LOAD_ERRORS, LoadResult, run_load
 from bench.memory import MemoryWatch
-from bench.prompt import TOPICS
+from bench.prompt import TOPICS, many_variants, solo_variants
 from bench.results import Row
 from bench.server_process import (
     RunningServer,
@@ -82,22 +82,30 @@ def _measure(server: RunningServer, row: Row, tokens: int, timeout_s: float) -> 
     row.max_memory = None if server.budget is None else server.budget.max_memory
     residency = fetch_residency(server.base_url)
     row.note = residency.describe() if residency else ""
+    # One stream: once per solo prompt, as the transformers row; many: once.
+    firsts = solo_variants() if row.streams == 1 else [many_variants(row.streams)[0]]
     try:
-        load = run_load(server.base_url, row.streams, tokens, timeout_s)
+        loads = [
+            run_load(server.base_url, row.streams, tokens, timeout_s, first)
+            for first in firsts
+        ]
     except LOAD_ERRORS as error:
         row.error = f"{type(error).__name__}: {error}"
         return
-    _fill(row, load, tokens)
+    _fill(row, loads, tokens)
 
 
-def _fill(row: Row, load: LoadResult, tokens: int) -> None:
+def _fill(row: Row, loads: list[LoadResult], tokens: int) -> None:
+    load = sorted(loads, key=lambda result: result.wall_s)[len(loads) // 2]
     row.completion_tokens = load.completion_tokens
     row.wall_s = load.wall_s
     row.ttft_s = load.median_ttft_s
-    row.text = load.streams[0].text
+    row.text = loads[0].streams[0].text  # the first prompt's, as every system's
     short = [s for s in load.streams if s.completion_tokens < tokens]
     if short:
         row.note = _join(row.note, f"{len(short)} stream(s) stopped before {tokens}")
+    if len(loads) > 1:
+        row.note = _join(row.note, f"median of {len(loads)} runs")
     if row.streams > 1:
         row.note = _join(row.note, "TTFT is the median")
 

@@ -22,6 +22,22 @@ TOPICS = (
 ).split()
 
 
+# One stream is measured this many times, each on its own prompt (variants 0,
+# 1, ...), and reported by the median: a one-stream run lasts about a second,
+# and one second of a shared machine is noisy. The many-stream runs take the
+# variants after these, so no prompt is asked twice of one server (its prefix
+# cache would answer part of it).
+SOLO_RUNS = 3
+
+
+def solo_variants() -> range:
+    return range(SOLO_RUNS)
+
+
+def many_variants(streams: int) -> range:
+    return range(SOLO_RUNS, SOLO_RUNS + streams)
+
+
 def chat_messages(variant: int = 0) -> list[dict[str, str]]:
     """The prompt of request ``variant``; variants repeat after len(TOPICS)."""
     topic = TOPICS[variant % len(TOPICS)]
