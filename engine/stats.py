@@ -12,7 +12,7 @@ class SweepStats:
     layers_streamed: int = 0
     bytes_streamed: int = 0
     wait_s: float = 0.0  # blocked on the prefetcher
-    compute_s: float = 0.0
+    compute_s: float = 0.0  # the rest of the sweep: layers, embedding, head
 
     @property
     def total_s(self) -> float:
@@ -27,7 +27,7 @@ class EngineTotals:
     tokens: int = 0
     bytes_streamed: int = 0
     wait_s: float = 0.0
-    compute_s: float = 0.0
+    compute_s: float = 0.0  # the rest of the sweep: layers, embedding, head
 
     def add(self, sweep: SweepStats) -> None:
         self.sweeps += 1
