@@ -69,6 +69,19 @@ class RequestRecord:
         }
 
 
+class StatusWatch:
+    """An ASGI ``send`` that remembers the response's status as it goes by."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.status = 500  # what the client gets if the app dies before answering
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self._send(message)
+
+
 class AccessLog:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -78,20 +91,13 @@ class AccessLog:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        status = 500
         started = time.perf_counter()
-
-        async def send_watched(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watch = StatusWatch(send)
         try:
-            await self.app(scope, receive, send_watched)
+            await self.app(scope, receive, watch)
         finally:
             seconds = time.perf_counter() - started
-            _log(scope, status, seconds, state.get("record"))
+            _log(scope, watch.status, seconds, state.get("record"))
 
 
 def _log(

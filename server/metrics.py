@@ -8,11 +8,11 @@ from the engine's observer hook, on the worker thread, after every sweep.
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from engine import Engine
 from engine.stats import SweepStats
-from server.access_log import RequestRecord
+from server.access_log import RequestRecord, StatusWatch
 
 _PREFIX = "layerstream_"
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
@@ -139,16 +139,9 @@ class RequestMetrics:
             await self.app(scope, receive, send)
             return
         state = scope.setdefault("state", {})
-        status = 500
-
-        async def send_watched(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        watch = StatusWatch(send)
         try:
-            await self.app(scope, receive, send_watched)
+            await self.app(scope, receive, watch)
         finally:
             record = state.get("record")
-            self.metrics.observe_response(status, state.get("error_code"), record)
+            self.metrics.observe_response(watch.status, state.get("error_code"), record)
