@@ -51,7 +51,8 @@ class SamplingFields(BaseModel):
 
     model: str
     temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    # OpenAI takes 0 as well; the filter always keeps the likeliest token.
+    top_p: float | None = Field(default=None, ge=0, le=1)
     # Not in OpenAI's API, but common to local servers: -1 or 0 turns it off.
     top_k: StrictInt | None = Field(default=None, ge=-1)
     min_p: float | None = Field(default=None, ge=0, le=1)

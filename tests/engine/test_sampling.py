@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from engine.request import SamplingParams
@@ -55,9 +56,10 @@ def test_unseeded_generators_differ():
     assert first != draw_many(logits, params, 50)
 
 
-def test_tiny_top_p_always_picks_argmax():
+@pytest.mark.parametrize("top_p", [1e-6, 0.0])
+def test_tiny_top_p_always_picks_argmax(top_p: float):
     logits = spread_logits()
-    params = SamplingParams(max_tokens=1, temperature=1.0, top_p=1e-6, seed=3)
+    params = SamplingParams(max_tokens=1, temperature=1.0, top_p=top_p, seed=3)
     assert set(draw_many(logits, params, 200)) == {int(torch.argmax(logits))}
 
 

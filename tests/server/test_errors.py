@@ -69,7 +69,7 @@ def test_missing_messages_is_a_400_naming_messages(client: TestClient) -> None:
         ({"max_tokens": 0}, "max_tokens"),
         ({"max_completion_tokens": 0}, "max_completion_tokens"),
         ({"temperature": 2.5}, "temperature"),
-        ({"top_p": 0}, "top_p"),
+        ({"top_p": -0.1}, "top_p"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
         ({"n": 0}, "n"),
         ({"n": 129}, "n"),
