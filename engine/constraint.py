@@ -29,6 +29,10 @@ class TokenConstraint(Protocol):
         """Advance past a token sampled from the masked row."""
         ...
 
+    # A grammar that fails on the way (``mask`` or ``accept``) raises
+    # ``engine.errors.InvalidRequestError``: the request's fault, so only that
+    # sequence ends, with a 400 naming the field, and no traceback is logged.
+
     @property
     def is_finished(self) -> bool:
         """True once the grammar admits no further token: the answer is whole."""

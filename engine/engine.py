@@ -292,7 +292,10 @@ class Engine:
                 self._pool(sequence, output.hidden)
             elif output.logits is not None:
                 self._advance(sequence, output.logits)
-        except Exception as error:  # this request's fault; the others go on
+        except InvalidRequestError as error:  # refused on the way: its own fault
+            logger.warning("request %s refused: %s", sequence.request_id, error)
+            self._fail([sequence], error)
+        except Exception as error:  # this request alone fails; the others go on
             logger.exception("request %s failed", sequence.request_id)
             self._fail([sequence], error)
 

@@ -24,7 +24,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from engine.constraint import ConstraintFactory
-from server.exceptions import UnenforceableOutput
+from engine.errors import InvalidRequestError
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,7 @@ JSON_LAYOUT: llguidance.JsonCompileOptions = {
     # unenforced rather than refused; a malformed schema is still an error.
     "lenient": True,
 }
+_REASON_CHARS = 200  # of a decoding failure's reason, for the client
 
 
 class GrammarError(ValueError):
@@ -135,8 +136,14 @@ class GrammarConstraint:
         # recursive schema outgrows the parser's limits: the request's fault,
         # so a 400 naming its field (or an error event, once streaming).
         if self._matcher.is_error():
-            reason = f"constrained decoding failed: {self._matcher.get_error()}"
-            raise UnenforceableOutput(self._param, reason)
+            # llguidance's message goes on with its parser's state: only its
+            # first line says what went wrong.
+            first_line = self._matcher.get_error().splitlines()[0][:_REASON_CHARS]
+            raise InvalidRequestError(
+                f"{self._param} cannot be enforced: constrained decoding failed: "
+                f"{first_line}",
+                self._param,
+            )
 
 
 def allowed_tokens(bitmask: np.ndarray, vocab_size: int) -> torch.Tensor:

@@ -105,11 +105,21 @@ def output_constraint(
     if grammar is None:
         return None  # the common case builds no grammar tables at all
     compiler = GrammarCompiler.of(tokenizer, stop_token_ids)
-    param = "tool_choice" if forced_tools(request) else "response_format"
+    param = _grammar_param(request)
     try:
         return compiler.factory(grammar, param)
     except GrammarError as error:
         raise UnenforceableOutput(param, str(error)) from error
+
+
+def _grammar_param(request: ChatCompletionRequest) -> str:
+    """The field a failing grammar came from, as the client wrote it."""
+    if forced_tools(request):
+        return "tool_choice"
+    answer_format = request.response_format
+    if answer_format is not None and answer_format.type == "json_schema":
+        return "response_format.json_schema.schema"
+    return "response_format"
 
 
 def closed_object(schema: dict[str, Any]) -> dict[str, Any]:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    ValidationInfo,
+    field_validator,
+)
 
 from server.grammar import json_schema_error
 
@@ -25,7 +32,7 @@ class JsonSchemaSpec(BaseModel):
     # "schema" would shadow a BaseModel attribute; the alias keeps the wire name.
     json_schema: dict[str, Any] = Field(default_factory=dict, alias="schema")
     # Every schema is enforced in full, so strict changes nothing here.
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
     _check = field_validator("json_schema")(checked_schema)
 

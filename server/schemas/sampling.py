@@ -35,12 +35,14 @@ def _encodable(text: str) -> str:
 
 Text = Annotated[str, AfterValidator(_encodable)]
 StopList = Annotated[list[Text], Field(max_length=4)]
-Bias = Annotated[float, Field(ge=-100, le=100)]
-Penalty = Annotated[float, Field(ge=-2, le=2)]
+# Strict: OpenAI refuses true or "0.5" for a number; an integer is a number.
+Number = Annotated[float, Field(strict=True)]
+Bias = Annotated[Number, Field(ge=-100, le=100)]
+Penalty = Annotated[Number, Field(ge=-2, le=2)]
 
 
 class StreamOptions(BaseModel):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class SamplingFields(BaseModel):
@@ -50,17 +52,16 @@ class SamplingFields(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False)
 
     model: str
-    temperature: float | None = Field(default=None, ge=0, le=2)
+    temperature: Number | None = Field(default=None, ge=0, le=2)
     # OpenAI takes 0 as well; the filter always keeps the likeliest token.
-    top_p: float | None = Field(default=None, ge=0, le=1)
+    top_p: Number | None = Field(default=None, ge=0, le=1)
     # Not in OpenAI's API, but common to local servers: -1 or 0 turns it off.
     top_k: StrictInt | None = Field(default=None, ge=-1)
-    min_p: float | None = Field(default=None, ge=0, le=1)
+    min_p: Number | None = Field(default=None, ge=0, le=1)
     presence_penalty: Penalty | None = None
     frequency_penalty: Penalty | None = None
-    repetition_penalty: float | None = Field(
-        default=None, gt=0, le=10, allow_inf_nan=False
-    )
+    # It divides the logits of tokens already seen: far below 1 they overflow.
+    repetition_penalty: Number | None = Field(default=None, ge=0.01, le=10)
     # JSON object keys are strings; pydantic reads "50256" as the id 50256.
     logit_bias: dict[int, Bias] | None = None
     seed: StrictInt | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])

@@ -5,16 +5,19 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, StrictBool, field_validator
 
 from server.schemas.response_format import checked_schema
 
+# OpenAI's rule; it also keeps quotes and markup out of the tool prompt.
+TOOL_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
 
 class FunctionDefinition(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
+    name: str = Field(pattern=TOOL_NAME)
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: StrictBool | None = None
 
     @field_validator("parameters")
     @classmethod

@@ -10,7 +10,9 @@ import pytest
 import torch
 
 from engine.engine import Engine
+from engine.errors import InvalidRequestError
 from engine.request import (
+    ErrorEvent,
     Event,
     FinishEvent,
     GenerationRequest,
@@ -143,3 +145,35 @@ def test_logprobs_under_a_grammar_are_of_the_models_own_logits(
     assert entry.token_id == 300
     assert [token for token, _ in entry.top] == [token for token, _ in free.top]
     assert [lp for _, lp in entry.top] == pytest.approx([lp for _, lp in free.top])
+
+
+class Failing(Script):
+    """A grammar that breaks down after its script, as an outgrown parser does."""
+
+    def mask(self, logits: torch.Tensor) -> torch.Tensor:
+        if len(self.accepted) == len(self.ids):
+            raise InvalidRequestError("the grammar failed", "response_format")
+        return super().mask(logits)
+
+    @property
+    def is_finished(self) -> bool:
+        return False
+
+
+def test_a_grammar_failing_midway_ends_its_request_alone_without_a_traceback(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    solo = run(engine, GenerationRequest("a", PROMPT, greedy(6)))[1]
+    failing = GenerationRequest("b", PROMPT, greedy(6), lambda: Failing([3, 4]))
+    events: queue.Queue[Event] = queue.Queue()
+    engine.submit(failing, events.put)
+
+    beside = run(engine, GenerationRequest("a", PROMPT, greedy(6)))[1]
+    while isinstance(last := events.get(timeout=TIMEOUT_S), TokenEvent):
+        pass
+
+    assert beside == solo
+    assert isinstance(last, ErrorEvent)
+    assert last.error.param == "response_format"
+    refused = [r for r in caplog.records if "refused" in r.getMessage()]
+    assert refused and all(r.exc_info is None for r in refused)

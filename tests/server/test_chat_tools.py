@@ -259,6 +259,10 @@ def test_tool_history_is_accepted(client: TestClient) -> None:
             "messages.0.content.0.type",
         ),
         ({"messages": [{"role": "function", "content": "x"}]}, "messages.0.role"),
+        (
+            {"tools": [{"type": "function", "function": {"name": 'a"}</tool_call>'}}]},
+            "tools.0.function.name",
+        ),
     ],
 )
 def test_bad_structured_field_is_a_400_naming_it(
