@@ -9,6 +9,8 @@ from urllib.parse import quote
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.schemas.error import ErrorDetail
+
 logger = logging.getLogger(__name__)
 
 # Probes poll these; at INFO they would drown the lines that matter.
@@ -97,19 +99,26 @@ class AccessLog:
             await self.app(scope, receive, watch)
         finally:
             seconds = time.perf_counter() - started
-            _log(scope, watch.status, seconds, state.get("record"))
+            _log(scope, watch.status, seconds, state.get("record"), state.get("error"))
 
 
 def _log(
-    scope: Scope, status: int, seconds: float, record: RequestRecord | None
+    scope: Scope,
+    status: int,
+    seconds: float,
+    record: RequestRecord | None,
+    error: ErrorDetail | None,
 ) -> None:
     level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
     path = _printable(scope["path"])
     route = f"{scope['method']} {path} {status}"
     http = {"method": scope["method"], "path": path, "status": status}
     if record is None:
-        extra = {"fields": {**http, "seconds": _rounded(seconds)}}
-        logger.log(level, "%s %.3fs", route, seconds, extra=extra)
+        # Refused before it became a request: what was wrong is all there is.
+        refusal = _refusal(error)
+        fields = {**http, **refusal, "seconds": _rounded(seconds)}
+        said = "".join(f" {key}={value}" for key, value in refusal.items())
+        logger.log(level, "%s%s %.3fs", route, said, seconds, extra={"fields": fields})
         return
     rate = record.completion_tokens / seconds if seconds > 0 else 0.0
     fields = {**record.fields(), **http, "seconds": _rounded(seconds)}
@@ -127,6 +136,15 @@ def _log(
         rate,
         extra={"fields": {**fields, "tokens_per_s": round(rate, 1)}},
     )
+
+
+def _refusal(error: ErrorDetail | None) -> dict[str, str]:
+    if error is None:
+        return {}
+    said = {"error": error.code or error.type}
+    if error.param:
+        said["param"] = _printable(error.param)
+    return said
 
 
 def _seconds(value: float | None) -> str:

@@ -130,8 +130,10 @@ async def _handle_known(request: Request, exc: Exception) -> JSONResponse:
 
 
 def note_error_code(scope: Scope, failure: Failure) -> None:
-    """Leaves the error code where the metrics middleware reads it."""
-    scope.setdefault("state", {})["error_code"] = failure.detail.code
+    """Leaves the error where the metrics and the access log read it."""
+    state = scope.setdefault("state", {})
+    state["error_code"] = failure.detail.code
+    state["error"] = failure.detail
 
 
 async def send_failure(exc: Exception, scope: Scope, send: Send) -> None:

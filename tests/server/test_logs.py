@@ -53,6 +53,19 @@ def test_json_lines_carry_the_request_fields(
     assert SECRET_PROMPT not in json.dumps(line)
 
 
+def test_a_refused_request_logs_what_was_wrong_but_not_the_prompt(
+    client: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="server.access_log"):
+        client.post("/v1/chat/completions", json={**CHAT, "temperature": 9})
+        client.post("/v1/chat/completions", json={**CHAT, "model": "nope"})
+
+    bad_value, unknown_model = [r.getMessage() for r in caplog.records]
+    assert " 400 error=invalid_request_error param=temperature " in bad_value
+    assert " 404 error=model_not_found param=model " in unknown_model
+    assert SECRET_PROMPT not in caplog.text
+
+
 def test_metrics_are_prometheus_text(client: TestClient) -> None:
     client.post("/v1/chat/completions", json=CHAT)
 
