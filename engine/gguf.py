@@ -117,7 +117,10 @@ def _write_safetensors(
 ) -> None:
     with path.open("wb") as out:
         out.write(_header(plan))
-        for item in tqdm(plan, desc="Converting GGUF", unit="tensor"):
+        # disable=None: a bar on a terminal only; a container's log (JSON
+        # lines, say) gets the log lines before and after, not the bar.
+        bar = tqdm(plan, desc="Converting GGUF", unit="tensor", disable=None)
+        for item in bar:
             out.write(_dequantized(item, processor).tobytes())
 
 
