@@ -85,7 +85,7 @@ class Engine:
         self._queued_lock = threading.Lock()
         self._scheduler = Scheduler(
             options.max_batch,
-            options.max_queue * _QUEUE_ROOM_FACTOR,
+            options.max_queue * _QUEUE_ROOM_FACTOR + options.max_batch,
             options.max_sweep_tokens,
             kv_tokens,
             runner.new_cache,
@@ -155,13 +155,21 @@ class Engine:
             live = sum(
                 _is_queued(seq) and not seq.handle.cancelled for seq in self._queued
             )
-            if live >= self.options.max_queue:
+            if live >= self.options.max_queue + self._free_places():
                 raise QueueFullError(
                     f"{self.options.max_queue} requests are already waiting"
                 )
             self._scheduler.add(sequence)
             self._queued.append(sequence)
         return handle
+
+    def _free_places(self) -> int:
+        """Places the batch has free: a burst that fills them is not queued.
+
+        Its requests wait in line only until the next sweep boundary, so the
+        server takes ``max_batch`` plus ``max_queue`` requests at once.
+        """
+        return max(0, self.options.max_batch - len(self._scheduler.running))
 
     def _sequence(
         self, request: Request, handle: RequestHandle, sink: EventSink

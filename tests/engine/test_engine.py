@@ -99,6 +99,32 @@ def test_full_queue_refuses_at_once(tmp_path: Path, smollm2_tokenizer) -> None:
         engine.shutdown()
 
 
+def test_a_burst_fills_the_free_places_of_the_batch_and_then_the_queue(
+    tmp_path: Path, smollm2_tokenizer
+) -> None:
+    folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
+    engine = make_engine(folder, smollm2_tokenizer, max_batch=3, max_queue=1)
+    release = threading.Event()
+    started = threading.Event()
+
+    def blocking_sink(event: Event) -> None:
+        started.set()
+        release.wait(TIMEOUT_S)  # one running, the worker held inside its sweep
+
+    try:
+        submit(engine, sink=blocking_sink)
+        assert started.wait(TIMEOUT_S)
+        accepted = [submit(engine) for _ in range(3)]  # two free places, one queued
+        with pytest.raises(QueueFullError):
+            submit(engine)
+    finally:
+        release.set()
+    try:
+        assert all(isinstance(final_event(e), FinishEvent) for e in accepted)
+    finally:
+        engine.shutdown()
+
+
 def test_cancelled_request_leaves_the_batch(engine: Engine) -> None:
     events = queue.Queue()
     params = SamplingParams(max_tokens=10_000, temperature=0.0)
