@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import queue
 import threading
@@ -78,51 +79,43 @@ def test_requests_sharing_sweeps_get_their_solo_answer(engine: Engine) -> None:
     assert [final_event(events) for events in together] == [solo] * 3
 
 
-def test_full_queue_refuses_at_once(tmp_path: Path, smollm2_tokenizer) -> None:
-    folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
-    engine = make_engine(folder, smollm2_tokenizer, max_batch=1, max_queue=1)
+@contextlib.contextmanager
+def one_running(folder: Path, tokenizer, **limits: int) -> Iterator[Engine]:
+    """An engine whose worker is held inside its first request's sweep."""
+    engine = make_engine(folder, tokenizer, **limits)
     release = threading.Event()
     started = threading.Event()
 
     def blocking_sink(event: Event) -> None:
         started.set()
-        release.wait(TIMEOUT_S)  # holds the worker inside the first request
+        release.wait(TIMEOUT_S)
 
     try:
         submit(engine, sink=blocking_sink)
         assert started.wait(TIMEOUT_S)
-        submit(engine)
-        with pytest.raises(QueueFullError):
-            submit(engine)
+        yield engine
     finally:
         release.set()
         engine.shutdown()
+
+
+def test_full_queue_refuses_at_once(tmp_path: Path, smollm2_tokenizer) -> None:
+    folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
+    with one_running(folder, smollm2_tokenizer, max_batch=1, max_queue=1) as engine:
+        submit(engine)
+        with pytest.raises(QueueFullError):
+            submit(engine)
 
 
 def test_a_burst_fills_the_free_places_of_the_batch_and_then_the_queue(
     tmp_path: Path, smollm2_tokenizer
 ) -> None:
     folder = save_model(build_model(CONFIGS["llama"]), tmp_path)
-    engine = make_engine(folder, smollm2_tokenizer, max_batch=3, max_queue=1)
-    release = threading.Event()
-    started = threading.Event()
-
-    def blocking_sink(event: Event) -> None:
-        started.set()
-        release.wait(TIMEOUT_S)  # one running, the worker held inside its sweep
-
-    try:
-        submit(engine, sink=blocking_sink)
-        assert started.wait(TIMEOUT_S)
-        accepted = [submit(engine) for _ in range(3)]  # two free places, one queued
+    with one_running(folder, smollm2_tokenizer, max_batch=3, max_queue=1) as engine:
+        for _ in range(3):  # two free places in the batch, one in the queue
+            submit(engine)
         with pytest.raises(QueueFullError):
             submit(engine)
-    finally:
-        release.set()
-    try:
-        assert all(isinstance(final_event(e), FinishEvent) for e in accepted)
-    finally:
-        engine.shutdown()
 
 
 def test_cancelled_request_leaves_the_batch(engine: Engine) -> None:
