@@ -29,6 +29,7 @@ class RequestRecord:
     arrived_at: float = field(default_factory=time.monotonic)
     first_token_at: float | None = None
     token_gaps: list[float] = field(default_factory=list)  # seconds per token
+    error: ErrorDetail | None = None  # what the client was told, if it failed
     # Per choice: tokens so far and when the newest came. The gaps are taken
     # within each choice, since a client reads each choice as its own stream.
     _choice_counts: dict[int, int] = field(default_factory=dict)
@@ -121,13 +122,17 @@ def _log(
         logger.log(level, "%s%s %.3fs", route, said, seconds, extra={"fields": fields})
         return
     rate = record.completion_tokens / seconds if seconds > 0 else 0.0
-    fields = {**record.fields(), **http, "seconds": _rounded(seconds)}
+    # Failed on the way (a stream's error event, or the worker's refusal).
+    refusal = _refusal(record.error or error)
+    fields = {**record.fields(), **http, **refusal, "seconds": _rounded(seconds)}
+    said = "".join(f" {key}={value}" for key, value in refusal.items())
     logger.log(
         level,
-        "%s %s %s prompt=%d completion=%d queue=%s ttft=%s %.3fs %.1f tok/s",
+        "%s %s %s%s prompt=%d completion=%d queue=%s ttft=%s %.3fs %.1f tok/s",
         record.request_id,
         route,
         record.outcome,
+        said,
         record.prompt_tokens,
         record.completion_tokens,
         _seconds(record.queue_s),

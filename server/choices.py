@@ -19,6 +19,7 @@ from engine.request import (
 )
 from engine.sampling import choice_seed
 from server.access_log import RequestRecord
+from server.errors import failure_of
 from server.exceptions import TooManySequences
 from server.generation import ChoiceStreams
 from server.schemas.chat_response import Usage
@@ -97,6 +98,7 @@ class Tally:
                 self.has_failed = True
                 is_timeout = isinstance(error, RequestTimeoutError)
                 self.record.outcome = "timeout" if is_timeout else "error"
+                self.record.error = failure_of(error).detail
 
     def _note_end(self, outcome: str, queue_s: float) -> None:
         if outcome not in self._reasons:

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import pytest
 from fastapi.testclient import TestClient
 
-from engine.errors import RequestTimeoutError
+from engine.errors import InvalidRequestError, RequestTimeoutError
 from server.log_format import JsonFormatter
 
 if TYPE_CHECKING:
@@ -114,6 +114,21 @@ def test_a_late_request_of_several_choices_is_logged_as_timed_out(
     assert response.status_code == 504
     assert " 504 timeout " in line
     assert "layerstream_requests_timed_out_total 1.0" in client.get("/metrics").text
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_request_the_worker_refuses_logs_the_field_at_fault(
+    client: TestClient,
+    fake_engine: FakeEngine,
+    caplog: pytest.LogCaptureFixture,
+    stream: bool,
+) -> None:
+    fake_engine.error = InvalidRequestError("cannot be enforced", "response_format")
+    with caplog.at_level(logging.INFO, logger="server.access_log"):
+        client.post("/v1/chat/completions", json={**CHAT, "stream": stream})
+
+    [line] = [r.getMessage() for r in caplog.records if "chatcmpl-" in r.getMessage()]
+    assert " error error=invalid_request_error param=response_format " in line
 
 
 def test_a_path_cannot_forge_a_log_line(
