@@ -138,7 +138,8 @@ class GrammarConstraint:
         if self._matcher.is_error():
             # llguidance's message goes on with its parser's state: only its
             # first line says what went wrong.
-            first_line = self._matcher.get_error().splitlines()[0][:_REASON_CHARS]
+            lines = self._matcher.get_error().splitlines() or ["no reason given"]
+            first_line = lines[0][:_REASON_CHARS]
             raise InvalidRequestError(
                 f"{self._param} cannot be enforced: constrained decoding failed: "
                 f"{first_line}",
