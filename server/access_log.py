@@ -113,19 +113,16 @@ def _log(
     level = logging.DEBUG if scope["path"] in QUIET_PATHS else logging.INFO
     path = _printable(scope["path"])
     route = f"{scope['method']} {path} {status}"
-    http = {"method": scope["method"], "path": path, "status": status}
+    # Refused at the door, or failed on the way (a stream's error event).
+    refusal = _refusal((record.error if record else None) or error)
+    said = "".join(f" {key}={value}" for key, value in refusal.items())
+    http = {"method": scope["method"], "path": path, "status": status, **refusal}
     if record is None:
-        # Refused before it became a request: what was wrong is all there is.
-        refusal = _refusal(error)
-        fields = {**http, **refusal, "seconds": _rounded(seconds)}
-        said = "".join(f" {key}={value}" for key, value in refusal.items())
+        fields = {**http, "seconds": _rounded(seconds)}
         logger.log(level, "%s%s %.3fs", route, said, seconds, extra={"fields": fields})
         return
     rate = record.completion_tokens / seconds if seconds > 0 else 0.0
-    # Failed on the way (a stream's error event, or the worker's refusal).
-    refusal = _refusal(record.error or error)
-    fields = {**record.fields(), **http, **refusal, "seconds": _rounded(seconds)}
-    said = "".join(f" {key}={value}" for key, value in refusal.items())
+    fields = {**record.fields(), **http, "seconds": _rounded(seconds)}
     logger.log(
         level,
         "%s %s %s%s prompt=%d completion=%d queue=%s ttft=%s %.3fs %.1f tok/s",

@@ -125,21 +125,19 @@ def _invalid_request(
 
 async def _handle_known(request: Request, exc: Exception) -> JSONResponse:
     failure = failure_of(exc)
-    note_error_code(request.scope, failure)
+    note_error(request.scope, failure)
     return failure.response()
 
 
-def note_error_code(scope: Scope, failure: Failure) -> None:
+def note_error(scope: Scope, failure: Failure) -> None:
     """Leaves the error where the metrics and the access log read it."""
-    state = scope.setdefault("state", {})
-    state["error_code"] = failure.detail.code
-    state["error"] = failure.detail
+    scope.setdefault("state", {})["error"] = failure.detail
 
 
 async def send_failure(exc: Exception, scope: Scope, send: Send) -> None:
     """Answers from a middleware, before the app has read the request."""
     failure = failure_of(exc)
-    note_error_code(scope, failure)
+    note_error(scope, failure)
     await failure.response()(scope, _no_body, send)
 
 

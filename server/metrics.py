@@ -143,5 +143,6 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, watch)
         finally:
-            record = state.get("record")
-            self.metrics.observe_response(watch.status, state.get("error_code"), record)
+            error = state.get("error")
+            code = error.code if error else None
+            self.metrics.observe_response(watch.status, code, state.get("record"))
