@@ -66,15 +66,24 @@ class Checkpoint:
     def resident_numel(self) -> int:
         return sum(entry.numel for entry in self.resident.values())
 
-    def read_resident(self, dtype: torch.dtype) -> dict[str, torch.Tensor]:
-        return {key: _owned(self._view(e), dtype) for key, e in self.resident.items()}
-
-    def read_layer_owned(
-        self, index: int, dtype: torch.dtype
+    def read_resident(
+        self, dtype: torch.dtype, owned: bool = True
     ) -> dict[str, torch.Tensor]:
-        """A layer copied into process memory, to keep resident."""
+        """The tensors outside the layers; in place in the files unless ``owned``."""
+        read = _owned if owned else _typed
+        return {key: read(self._view(e), dtype) for key, e in self.resident.items()}
+
+    def read_layer_whole(
+        self, index: int, dtype: torch.dtype, owned: bool = True
+    ) -> dict[str, torch.Tensor]:
+        """A layer to keep resident: copied into process memory unless not ``owned``.
+
+        In place, the caller copies the tensors itself (into another order,
+        say) before the kernel may evict their pages.
+        """
+        read = _owned if owned else _typed
         entries = self.layers[index].items()
-        return {key: _owned(self._view(entry), dtype) for key, entry in entries}
+        return {key: read(self._view(entry), dtype) for key, entry in entries}
 
     def staged_nbytes(self, dtype: torch.dtype) -> int:
         """A staging buffer's size: the largest layer, its weights as ``dtype``."""

@@ -16,15 +16,30 @@ import logging
 import torch
 from torch import nn
 
+from engine.onednn import (
+    BlockedEmbedding,
+    Blocking,
+    cached_view,
+    machine_blocking,
+    picks,
+)
+
 logger = logging.getLogger(__name__)
 
 
 class OneDnnLinear(nn.Linear):
-    """An ``nn.Linear`` whose product runs through oneDNN; same weights, same shapes."""
+    """An ``nn.Linear`` whose product runs through oneDNN; same weights, same shapes.
+
+    Its weight is either plain (``[out, in]``) or in oneDNN's blocked order
+    (four dimensions, see ``engine.onednn``).
+    """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        weight = self.weight
+        if weight.dim() == 4:
+            weight = cached_view(weight)
         return torch.ops.mkldnn._linear_pointwise(
-            input, self.weight, self.bias, "none", [], ""
+            input, weight, self.bias, "none", [], ""
         )
 
 
@@ -49,3 +64,64 @@ def use_cpu_kernels(model: nn.Module, device: torch.device, dtype: torch.dtype) 
             module.__class__ = OneDnnLinear
     logger.info("linear layers run through oneDNN")
     return "onednn"
+
+
+def choose_blocking(model: nn.Module, kernel: str) -> Blocking | None:
+    """The blocked order for the model's resident weights; None keeps them plain.
+
+    Only when oneDNN runs the products and lays every shape of the model that
+    fits the order out in that very order.
+    """
+    if kernel != "onednn":
+        return None
+    blocking = machine_blocking()
+    if blocking is None:
+        return None
+    shapes = {
+        tuple(module.weight.shape)
+        for module in model.modules()
+        if isinstance(module, OneDnnLinear)
+    }
+    if not all(picks(blocking, shape) for shape in shapes if blocking.fits(shape)):
+        logger.info("oneDNN orders some of this model's weights otherwise: plain order")
+        return None
+    return blocking
+
+
+def block_linears(module: nn.Module, blocking: Blocking) -> None:
+    """Every plain oneDNN linear weight under ``module``, in the blocked order."""
+    for linear in module.modules():
+        if isinstance(linear, OneDnnLinear) and _blockable(linear.weight, blocking):
+            linear.weight = _blocked(linear.weight, blocking)
+
+
+def block_head(model: nn.Module, blocking: Blocking) -> bool:
+    """The output head in the blocked order; its tied embedding reads it there.
+
+    A tied embedding that does more than look rows up (Gemma scales them)
+    keeps the head plain.
+    """
+    head, embedding = model.get_output_embeddings(), model.get_input_embeddings()
+    if not isinstance(head, OneDnnLinear) or not _blockable(head.weight, blocking):
+        return False
+    tied = head.weight is embedding.weight
+    if tied and type(embedding) is not nn.Embedding:
+        return False
+    head.weight = _blocked(head.weight, blocking)
+    if tied:
+        embedding.__class__ = BlockedEmbedding
+        embedding.blocking = blocking
+        embedding.weight = head.weight
+    return True
+
+
+def _blockable(weight: torch.Tensor, blocking: Blocking) -> bool:
+    return (
+        weight.dim() == 2
+        and weight.dtype == torch.float32
+        and blocking.fits(weight.shape)
+    )
+
+
+def _blocked(weight: torch.Tensor, blocking: Blocking) -> nn.Parameter:
+    return nn.Parameter(blocking.block(weight.detach()), requires_grad=False)

@@ -45,6 +45,28 @@ class WeightSlots:
             module._parameters[leaf] = meta
 
 
+def own_mapped(model: nn.Module, mapped: set[int]) -> None:
+    """Copy into process memory every tensor that still lies at a ``mapped`` address.
+
+    A tensor shared by two modules (a tied head) stays shared.
+    """
+    copies: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in table.items():
+                if tensor is None or tensor.data_ptr() not in mapped:
+                    continue
+                if id(tensor) not in copies:
+                    copies[id(tensor)] = _owned_copy(tensor)
+                table[name] = copies[id(tensor)]
+
+
+def _owned_copy(tensor: torch.Tensor) -> torch.Tensor:
+    if isinstance(tensor, nn.Parameter):
+        return nn.Parameter(tensor.detach().clone(), requires_grad=False)
+    return tensor.clone()
+
+
 def use_packed_attention(config: PretrainedConfig) -> None:
     """Layers dispatch to packed attention, which builds its own masks."""
     config._attn_implementation = PACKED_ATTENTION

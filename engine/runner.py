@@ -20,7 +20,7 @@ from transformers import PreTrainedModel
 
 from engine.checkpoint import Checkpoint
 from engine.errors import ModelFileError
-from engine.kernels import use_cpu_kernels
+from engine.kernels import block_head, block_linears, choose_blocking, use_cpu_kernels
 from engine.kv_cache import BLOCK_TOKENS, KVPool, SequenceCache
 from engine.layout import (
     Weights,
@@ -30,6 +30,7 @@ from engine.layout import (
     kv_shape,
     layer_types,
     move_buffers,
+    own_mapped,
     resident_keys,
     rotary_takes_layer_type,
     tied_keys,
@@ -93,6 +94,9 @@ class ModelRunner:
         self._rotary_takes_type = rotary_takes_layer_type(skeleton)
         use_packed_attention(self.config)
         self.linear_kernel = use_cpu_kernels(skeleton, device, dtype)
+        # Streamed layers stay in the checkpoint's plain order: they are used
+        # where they lie in the page cache. What is resident is copied anyway.
+        self.blocking = choose_blocking(skeleton, self.linear_kernel)
         self.kv_pool = _kv_pool(self.config, len(self.layers), dtype, device)
 
         check_layer_keys(self.layers, checkpoint)
@@ -278,7 +282,11 @@ class ModelRunner:
         return {key: t.to(self.device, non_blocking=True) for key, t in weights.items()}
 
     def _load_resident(self, checkpoint: Checkpoint) -> None:
-        weights = self._on_device(checkpoint.read_resident(self.dtype))
+        # With blocking, the weights are read in place and then copied once,
+        # straight into the blocked order; whatever stays plain is copied
+        # after. Copying first would hold the head twice for a moment.
+        owned = self.blocking is None
+        weights = self._on_device(checkpoint.read_resident(self.dtype, owned))
         expected = resident_keys(self.model)
         missing = expected - weights.keys() - tied_keys(self.model)
         if missing:
@@ -289,12 +297,27 @@ class ModelRunner:
         if tied_keys(self.model) - weights.keys():
             output = self.model.get_output_embeddings()
             output.weight = self.model.get_input_embeddings().weight
+        in_place = {t.data_ptr() for t in weights.values()}
         for index in sorted(self.resident_layers):
-            owned = checkpoint.read_layer_owned(index, self.dtype)
+            layer = checkpoint.read_layer_whole(index, self.dtype, owned)
             self.layers[index].load_state_dict(
-                self._on_device(owned), strict=True, assign=True
+                self._on_device(layer), strict=True, assign=True
             )
+            in_place.update(t.data_ptr() for t in layer.values())
         move_buffers(self.model, self.device)
+        if self.blocking is not None:
+            self._block_resident()
+            own_mapped(self.model, in_place)
+
+    def _block_resident(self) -> None:
+        blocking = self.blocking
+        head = block_head(self.model, blocking)
+        for index in self.resident_layers:
+            block_linears(self.layers[index], blocking)
+        logger.info(
+            "resident weights in oneDNN's %s order (%d layers%s)",
+            blocking.name, len(self.resident_layers), ", the head" if head else "",
+        )  # fmt: skip
 
 
 def _positions(item: SweepInput) -> range:

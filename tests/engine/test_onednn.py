@@ -1,0 +1,137 @@
+"""Weights in oneDNN's blocked order: the same products, the same greedy tokens."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.checkpoint import Checkpoint
+from engine.kernels import OneDnnLinear
+from engine.onednn import BlockedEmbedding, Blocking, cached_view, machine_blocking
+from engine.runner import ModelRunner
+from engine.skeleton import build_skeleton
+from tests.engine.test_runner_identity import (
+    PROMPTS,
+    reference_tokens,
+    streamed_tokens,
+)
+from tests.engine.tiny_models import CONFIGS, build_model, save_model
+
+needs_blocking = pytest.mark.skipif(
+    machine_blocking() is None, reason="oneDNN takes no known blocked order here"
+)
+
+
+def test_blocked_order_round_trips_and_looks_rows_up() -> None:
+    blocking = Blocking(inputs=16, rows=64)
+    weight = torch.randn(192, 48)
+
+    blocked = blocking.block(weight)
+
+    assert blocked.shape == (3, 3, 16, 64)
+    assert torch.equal(blocking.unblock(blocked), weight)
+    ids = torch.tensor([[0, 63, 64], [191, 100, 5]])
+    assert torch.equal(blocking.rows_of(blocked, ids), weight[ids])
+
+
+def test_only_unpadded_shapes_fit() -> None:
+    blocking = Blocking(inputs=16, rows=64)
+    assert blocking.fits((128, 32))
+    assert not blocking.fits((32, 64))  # fewer rows than a panel
+    assert not blocking.fits((64, 24))
+    assert not blocking.fits((64,))
+
+
+@needs_blocking
+@pytest.mark.parametrize("tokens", [1, 5, 16])
+def test_blocked_linear_matches_torch(tokens: int) -> None:
+    torch.manual_seed(0)
+    layer = nn.Linear(64, 128)
+    x = torch.randn(1, tokens, 64)
+    expected = F.linear(x, layer.weight, layer.bias)
+
+    layer.__class__ = OneDnnLinear
+    layer.weight = nn.Parameter(machine_blocking().block(layer.weight.detach()))
+    with torch.inference_mode():
+        got = layer(x)
+
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@needs_blocking
+def test_a_weight_in_place_is_wrapped_once() -> None:
+    blocked = machine_blocking().block(torch.randn(128, 64))
+    assert cached_view(blocked) is cached_view(blocked)
+
+
+def resident_runner(name: str, folder: Path) -> tuple[nn.Module, ModelRunner]:
+    model = build_model(CONFIGS[name])
+    save_model(model, folder)
+    layers = frozenset(range(model.config.num_hidden_layers))
+    runner = ModelRunner(
+        build_skeleton(model.config),
+        Checkpoint(folder),
+        torch.device("cpu"),
+        torch.float32,
+        2,
+        resident_layers=layers,
+    )
+    return model, runner
+
+
+@needs_blocking
+@pytest.mark.parametrize("name", ["llama", "llama-tied", "qwen2"])
+def test_resident_blocked_weights_keep_greedy_tokens(name: str, tmp_path: Path) -> None:
+    model, runner = resident_runner(name, tmp_path)
+    try:
+        layer = runner.layers[0]
+        assert layer.mlp.gate_proj.weight.dim() == 4
+        assert layer.self_attn.k_proj.weight.dim() == 2  # 32 rows: no panel fits
+        assert runner.model.get_output_embeddings().weight.dim() == 4
+        expected = [reference_tokens(model, prompt) for prompt in PROMPTS]
+        assert streamed_tokens(runner, PROMPTS) == expected
+    finally:
+        runner.close()
+
+
+@needs_blocking
+def test_a_tied_embedding_reads_the_blocked_head(tmp_path: Path) -> None:
+    _, runner = resident_runner("llama-tied", tmp_path)
+    try:
+        embedding = runner.model.get_input_embeddings()
+        assert type(embedding) is BlockedEmbedding
+        assert embedding.weight is runner.model.get_output_embeddings().weight
+    finally:
+        runner.close()
+
+
+@needs_blocking
+def test_a_scaled_tied_embedding_keeps_the_head_plain(tmp_path: Path) -> None:
+    model, runner = resident_runner("gemma3", tmp_path)
+    try:
+        assert runner.model.get_output_embeddings().weight.dim() == 2
+        assert runner.layers[0].mlp.up_proj.weight.dim() == 4
+        expected = [reference_tokens(model, prompt) for prompt in PROMPTS]
+        assert streamed_tokens(runner, PROMPTS) == expected
+    finally:
+        runner.close()
+
+
+@needs_blocking
+def test_no_resident_tensor_is_left_in_the_mapped_file(tmp_path: Path) -> None:
+    _, runner = resident_runner("llama-tied", tmp_path)
+    try:
+        checkpoint = runner._checkpoint
+        views = [*checkpoint.read_resident(torch.float32, owned=False).values()]
+        for index in range(checkpoint.num_layers):
+            views += checkpoint.read_layer_whole(index, torch.float32, False).values()
+        spans = [(t.data_ptr(), t.data_ptr() + t.nbytes) for t in views]
+        for tensor in [*runner.model.parameters(), *runner.model.buffers()]:
+            start = tensor.data_ptr()
+            assert not any(low <= start < high for low, high in spans)
+    finally:
+        runner.close()
