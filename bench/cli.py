@@ -32,6 +32,7 @@ from bench.server_process import Budget
 from bench.side_by_side import STAGES, RunOptions, run_side_by_side
 from bench.table import render
 from bench.targets import Target, evaluate
+from engine.kernels import cpu_blocking
 from engine.store import pull_default_model
 
 logger = logging.getLogger(__name__)
@@ -159,7 +160,8 @@ def _big_budget(args: argparse.Namespace, shape: LlamaShape) -> Budget:
 def _model_folder(model: Path | None, home: Path) -> Path:
     if model is not None:
         return model.expanduser()
-    return pull_default_model(home)
+    # The weight order of the CPU, which every measured system runs on.
+    return pull_default_model(home, cpu_blocking(torch.device("cpu"), torch.float32))
 
 
 def _report_json(report: Report, targets: list[Target]) -> dict[str, Any]:

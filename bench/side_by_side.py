@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import platform
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ from bench.physical import measure_limits
 from bench.prompt import prompt_length
 from bench.results import Report, Row
 from bench.server_process import Budget, ServerSpec
+from engine.store import export_plain
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +53,15 @@ def run_side_by_side(options: RunOptions) -> Report:
     size = measure_model(options.folder)
     report = Report(str(options.folder), options.tokens, options.streams)
     report.machine = machine_info()
-    for stage, action in _stages(options, size, report).items():
-        if stage in options.skip:
-            report.notes.append(f"stage {stage} skipped")
-            continue
-        _run_stage(stage, action, report)
+    with tempfile.TemporaryDirectory(prefix="bench-plain-") as scratch:
+        # transformers and AirLLM read plain weights only; the engine's store
+        # may hold them in its kernel's blocked order.
+        plain = export_plain(options.folder, Path(scratch) / options.folder.name)
+        for stage, action in _stages(options, plain, size, report).items():
+            if stage in options.skip:
+                report.notes.append(f"stage {stage} skipped")
+                continue
+            _run_stage(stage, action, report)
     return report
 
 
@@ -93,9 +99,9 @@ def machine_info() -> dict[str, object]:
 
 
 def _stages(
-    options: RunOptions, size: ModelSize, report: Report
+    options: RunOptions, plain: Path, size: ModelSize, report: Report
 ) -> dict[str, Callable[[], list[Row]]]:
-    folder, tokens, timeout_s = options.folder, options.tokens, options.timeout_s
+    folder, tokens, timeout_s = plain, options.tokens, options.timeout_s
     offload_memory, airllm = options.offload_max_memory, options.airllm_python
     return {
         "limits": lambda: _limits(size, report),

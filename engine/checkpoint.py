@@ -5,6 +5,11 @@ original files (one ``model.safetensors``, or shards listed by
 ``model.safetensors.index.json``). Streamed layers are read into staging
 buffers the engine reuses; resident parts are copied once into the process's
 own memory, so that the kernel cannot evict them.
+
+The engine's own store (a converted GGUF file) may hold the layers' linear
+weights in oneDNN's blocked order (``engine.onednn``), as four-dimensional
+tensors, named by ``BLOCKING_KEY`` in the file's metadata. Read in place they
+stay blocked; read any other way they come out plain, as the model expects.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ from pathlib import Path
 import torch
 
 from engine.errors import ModelFileError
+from engine.onednn import Blocking
 from engine.tensorfile import TensorFile
 
 logger = logging.getLogger(__name__)
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+BLOCKING_KEY = "layerstream.blocking"
 
 # "model.layers.7.mlp.up_proj.weight" -> ("model.layers", 7, "mlp.up_proj.weight")
 _LAYER_KEY = re.compile(r"^(?P<stack>.*\blayers)\.(?P<index>\d+)\.(?P<rest>.+)$")
@@ -35,6 +42,7 @@ class TensorEntry:
     key: str
     numel: int
     nbytes: int  # as stored on disk
+    blocking: Blocking | None = None  # stored blocked, four-dimensional
 
 
 class Checkpoint:
@@ -48,9 +56,11 @@ class Checkpoint:
         self._mapped: set[int] = set()  # layers whose pages were mapped in
         self._scratch: torch.Tensor | None = None  # see read_layer
         for path, mapped in self._files.items():
+            blocking = _file_blocking(mapped)
             for key, info in mapped.tensors.items():
                 nbytes = info.end - info.start
-                self._place(TensorEntry(path, key, info.numel, nbytes))
+                blocked = blocking if len(info.shape) == 4 else None
+                self._place(TensorEntry(path, key, info.numel, nbytes, blocked))
 
     @property
     def num_layers(self) -> int:
@@ -66,12 +76,18 @@ class Checkpoint:
     def resident_numel(self) -> int:
         return sum(entry.numel for entry in self.resident.values())
 
+    def is_laid_out_for(self, index: int, blocking: Blocking | None) -> bool:
+        """Whether the layer, used in place, suits a runner that blocks as given."""
+        return all(
+            entry.blocking in (None, blocking) for entry in self.layers[index].values()
+        )
+
     def read_resident(
         self, dtype: torch.dtype, owned: bool = True
     ) -> dict[str, torch.Tensor]:
         """The tensors outside the layers; in place in the files unless ``owned``."""
         read = _owned if owned else _typed
-        return {key: read(self._view(e), dtype) for key, e in self.resident.items()}
+        return {key: read(self._plain(e), dtype) for key, e in self.resident.items()}
 
     def read_layer_whole(
         self, index: int, dtype: torch.dtype, owned: bool = True
@@ -83,7 +99,7 @@ class Checkpoint:
         """
         read = _owned if owned else _typed
         entries = self.layers[index].items()
-        return {key: read(self._view(entry), dtype) for key, entry in entries}
+        return {key: read(self._plain(entry), dtype) for key, entry in entries}
 
     def staged_nbytes(self, dtype: torch.dtype) -> int:
         """A staging buffer's size: the largest layer, its weights as ``dtype``."""
@@ -107,6 +123,8 @@ class Checkpoint:
     def map_layer(self, index: int) -> dict[str, torch.Tensor]:
         """A layer in place in the mapped files, its pages mapped in on first use.
 
+        Blocked weights stay blocked (``is_laid_out_for`` says who takes them).
+
         Only the first time: the mapping then stays, and asking again costs the
         compute about a third of a sweep (the call holds the GIL while it walks
         the pages). Pages the kernel evicts later fault back in on the compute
@@ -125,8 +143,8 @@ class Checkpoint:
         """A streamed layer read into ``buffer``, keyed as in the layer module.
 
         ``buffer`` holds ``staged_nbytes(dtype)`` bytes. A tensor stored in
-        another dtype is read into one reused scratch buffer and converted into
-        its place, so that a sweep allocates nothing.
+        another dtype, or blocked, is read into one reused scratch buffer and
+        converted into its place, so that a sweep allocates nothing.
         """
         tensors, offset = {}, 0
         for key, entry in self.layers[index].items():
@@ -134,15 +152,24 @@ class Checkpoint:
             target = _target_dtype(info.dtype, dtype)
             size = info.numel * target.itemsize
             slot = buffer[offset : offset + size]
-            if target == info.dtype:
+            if target == info.dtype and entry.blocking is None:
                 self._files[entry.file].read_into(entry.key, slot)
+                tensors[key] = slot.view(target).view(info.shape)
             else:
-                stored = self._conversion_scratch()[: entry.nbytes]
-                self._files[entry.file].read_into(entry.key, stored)
-                slot.view(target).copy_(stored.view(info.dtype))
-            tensors[key] = slot.view(target).view(info.shape)
+                tensors[key] = self._read_converted(entry, slot.view(target))
             offset += _aligned(size)
         return tensors
+
+    def _read_converted(self, entry: TensorEntry, slot: torch.Tensor) -> torch.Tensor:
+        info = self._info(entry)
+        stored = self._conversion_scratch()[: entry.nbytes]
+        self._files[entry.file].read_into(entry.key, stored)
+        stored = stored.view(info.dtype).view(info.shape)
+        if entry.blocking is None:
+            return slot.view(info.shape).copy_(stored)
+        plain = slot.view(_plain_shape(info.shape))
+        entry.blocking.unblock_into(stored, plain)
+        return plain
 
     def _conversion_scratch(self) -> torch.Tensor:
         # Only the prefetch thread reads layers, so one scratch serves them all.
@@ -160,6 +187,11 @@ class Checkpoint:
     def _view(self, entry: TensorEntry) -> torch.Tensor:
         return self._files[entry.file].tensor(entry.key)
 
+    def _plain(self, entry: TensorEntry) -> torch.Tensor:
+        """The tensor as the model has it: a blocked one comes out as a copy."""
+        view = self._view(entry)
+        return view if entry.blocking is None else entry.blocking.unblock(view)
+
     def _place(self, entry: TensorEntry) -> None:
         match = _LAYER_KEY.match(entry.key)
         if match is None:
@@ -167,6 +199,28 @@ class Checkpoint:
             return
         layer = self.layers.setdefault(int(match["index"]), {})
         layer[match["rest"]] = entry
+
+
+def _file_blocking(mapped: TensorFile) -> Blocking | None:
+    name = mapped.metadata.get(BLOCKING_KEY)
+    if name is None:
+        return None
+    try:
+        blocking = Blocking.parse(name)
+    except ValueError:
+        raise ModelFileError(
+            str(mapped.path), f"unknown weight order {name!r} in its metadata"
+        ) from None
+    for key, info in mapped.tensors.items():
+        blocks = info.shape[2:] if len(info.shape) == 4 else None
+        if blocks is not None and blocks != (blocking.inputs, blocking.rows):
+            raise ModelFileError(str(mapped.path), f"{key} is not in order {name}")
+    return blocking
+
+
+def _plain_shape(blocked: tuple[int, ...]) -> tuple[int, int]:
+    panels, depth, inputs, rows = blocked
+    return panels * rows, depth * inputs
 
 
 def _aligned(nbytes: int) -> int:

@@ -66,15 +66,20 @@ def use_cpu_kernels(model: nn.Module, device: torch.device, dtype: torch.dtype) 
     return "onednn"
 
 
+def cpu_blocking(device: torch.device, dtype: torch.dtype) -> Blocking | None:
+    """The blocked order the linear kernel would take here, before any shape is seen."""
+    if device.type != "cpu" or dtype != torch.float32 or not onednn_available():
+        return None
+    return machine_blocking()
+
+
 def choose_blocking(model: nn.Module, kernel: str) -> Blocking | None:
-    """The blocked order for the model's resident weights; None keeps them plain.
+    """The blocked order for the model's weights; None keeps them plain.
 
     Only when oneDNN runs the products and lays every shape of the model that
     fits the order out in that very order.
     """
-    if kernel != "onednn":
-        return None
-    blocking = machine_blocking()
+    blocking = machine_blocking() if kernel == "onednn" else None
     if blocking is None:
         return None
     shapes = {

@@ -19,7 +19,9 @@ from transformers import AutoConfig, AutoTokenizer, PretrainedConfig
 from engine.checkpoint import Checkpoint, has_checkpoint
 from engine.engine import Engine
 from engine.errors import ModelFileError, UnsupportedModelError
+from engine.kernels import cpu_blocking
 from engine.layout import kv_shape
+from engine.onednn import Blocking
 from engine.options import EngineOptions
 from engine.residency import ResidencyPlan, plan_residency
 from engine.runner import ModelRunner
@@ -45,7 +47,7 @@ def open_engine(
 ) -> Engine:
     """Load the model; the loop runs on a thread of its own unless told not to."""
     check_transformers()
-    folder = resolve_model(model, options.home)
+    folder = resolve_model(model, options.home, store_blocking(options))
     config = _load_config(folder.path)
     tokenizer = _load_tokenizer(folder.path)
     checkpoint = Checkpoint(folder.path)
@@ -97,8 +99,13 @@ def _plan(
 def _wanted_in_flight(checkpoint: Checkpoint, options: EngineOptions) -> int:
     """The runner's staging buffers: read ahead, being read, being computed."""
     on_cpu = options.device.type == "cpu"
-    indexes = range(checkpoint.num_layers)
-    if on_cpu and all(checkpoint.is_stored_as(i, options.dtype) for i in indexes):
+    blocking = cpu_blocking(options.device, options.dtype)
+    in_place = [
+        checkpoint.is_stored_as(i, options.dtype)
+        and checkpoint.is_laid_out_for(i, blocking)
+        for i in range(checkpoint.num_layers)
+    ]
+    if on_cpu and all(in_place):
         return 0  # every layer is used in place in the page cache: no buffers
     return options.prefetch_depth + 2
 
@@ -119,12 +126,20 @@ def check_transformers() -> None:
         )
 
 
-def resolve_model(model: str | None, home: Path) -> ModelFolder:
+def store_blocking(options: EngineOptions) -> Blocking | None:
+    """The weight order a GGUF file is converted into for these options."""
+    return cpu_blocking(options.device, options.dtype)
+
+
+def resolve_model(
+    model: str | None, home: Path, blocking: Blocking | None
+) -> ModelFolder:
+    """The folder to read ``model`` from; GGUF files are stored as ``blocking`` says."""
     if model is None:
-        return ModelFolder(DEFAULT_MODEL_ID, pull_default_model(home))
+        return ModelFolder(DEFAULT_MODEL_ID, pull_default_model(home, blocking))
     path = Path(model).expanduser()
     if path.is_file() and path.suffix == ".gguf":
-        return ModelFolder(model_id_for(path), stored_gguf(path, home))
+        return ModelFolder(model_id_for(path), stored_gguf(path, home, blocking))
     if path.is_dir():
         _check_folder(path)
         return ModelFolder(model_id_for(path), path)

@@ -53,7 +53,10 @@ class Blocking:
 
     @classmethod
     def parse(cls, name: str) -> Blocking:
+        """The ``Blocking`` a ``name`` gives; ValueError if none."""
         inputs, rows = (int(part) for part in name.split("x"))
+        if inputs <= 0 or rows <= 0:
+            raise ValueError(name)
         return cls(inputs, rows)
 
     def fits(self, shape: tuple[int, ...] | torch.Size) -> bool:
@@ -63,6 +66,10 @@ class Blocking:
             and shape[0] % self.rows == 0
             and shape[1] % self.inputs == 0
         )
+
+    def blocked_shape(self, shape: tuple[int, ...]) -> tuple[int, int, int, int]:
+        out, inp = shape
+        return out // self.rows, inp // self.inputs, self.inputs, self.rows
 
     def block(self, weight: torch.Tensor) -> torch.Tensor:
         """``[out, in]`` -> ``[out/rows, in/inputs, inputs, rows]``, contiguous."""
@@ -75,7 +82,13 @@ class Blocking:
     def unblock(self, blocked: torch.Tensor) -> torch.Tensor:
         """The plain ``[out, in]`` weight of a blocked one (a copy)."""
         panels, depth, inputs, rows = blocked.shape
-        return blocked.permute(0, 3, 1, 2).reshape(panels * rows, depth * inputs)
+        plain = blocked.permute(0, 3, 1, 2).reshape(panels * rows, depth * inputs)
+        return plain.contiguous()  # one panel's permute reshapes as a mere view
+
+    def unblock_into(self, blocked: torch.Tensor, out: torch.Tensor) -> None:
+        """``unblock`` into ``out`` (``[out, in]``, any dtype), allocating nothing."""
+        panels, depth, inputs, rows = blocked.shape
+        out.view(panels, rows, depth, inputs).copy_(blocked.permute(0, 3, 1, 2))
 
     def rows_of(self, blocked: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Rows ``ids`` of a blocked weight, as an embedding looks them up."""

@@ -94,8 +94,8 @@ class ModelRunner:
         self._rotary_takes_type = rotary_takes_layer_type(skeleton)
         use_packed_attention(self.config)
         self.linear_kernel = use_cpu_kernels(skeleton, device, dtype)
-        # Streamed layers stay in the checkpoint's plain order: they are used
-        # where they lie in the page cache. What is resident is copied anyway.
+        # Resident weights are blocked as they are copied in; streamed ones
+        # are used as the checkpoint holds them (blocked in the engine's store).
         self.blocking = choose_blocking(skeleton, self.linear_kernel)
         self.kv_pool = _kv_pool(self.config, len(self.layers), dtype, device)
 
@@ -107,6 +107,7 @@ class ModelRunner:
         self.in_place_layers = {
             i for i in streamed
             if device.type == "cpu" and checkpoint.is_stored_as(i, dtype)
+            and checkpoint.is_laid_out_for(i, self.blocking)
         }  # fmt: skip
         # Queued, being read, being computed: that many buffers, never more.
         staged = [i for i in streamed if i not in self.in_place_layers]

@@ -51,7 +51,7 @@ class TensorFile:
     def __init__(self, path: Path) -> None:
         self.path = path
         with path.open("rb") as handle:
-            self.tensors = _read_header(handle, path)
+            self.tensors, self.metadata = _read_header(handle, path)
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
         self._fd = os.open(path, os.O_RDONLY)
         self._can_populate = True
@@ -99,7 +99,7 @@ class TensorFile:
         os.close(self._fd)
 
 
-def _read_header(handle, path: Path) -> dict[str, TensorInfo]:
+def _read_header(handle, path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     size = path.stat().st_size
     try:
         (length,) = struct.unpack("<Q", handle.read(8))
@@ -108,14 +108,16 @@ def _read_header(handle, path: Path) -> dict[str, TensorInfo]:
         header = json.loads(handle.read(length))
     except (struct.error, ValueError, UnicodeDecodeError) as error:
         raise ModelFileError(str(path), f"not a safetensors file ({error})") from None
-    tensors = {k: _info(k, v, 8 + length, path) for k, v in header.items()
-               if k != "__metadata__"}  # fmt: skip
+    if not isinstance(header, dict):
+        raise ModelFileError(str(path), "not a safetensors file (no header table)")
+    metadata = header.pop("__metadata__", None) or {}
+    tensors = {k: _info(k, v, 8 + length, path) for k, v in header.items()}
     end = max((info.end for info in tensors.values()), default=8 + length)
     if end > size:
         raise ModelFileError(
             str(path), f"file is truncated: {size} bytes, the header needs {end}"
         )
-    return tensors
+    return tensors, metadata
 
 
 def _info(key: str, entry: dict, base: int, path: Path) -> TensorInfo:

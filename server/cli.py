@@ -21,6 +21,7 @@ from pydantic_core import ErrorDetails
 
 from engine import Engine, open_engine
 from engine.errors import LayerstreamError
+from engine.loader import store_blocking
 from engine.store import pull_default_model
 from server.app import attach_engine, create_app
 from server.log_format import configure_logging
@@ -182,7 +183,8 @@ def _serve_http(
 def pull(overrides: dict[str, Any]) -> int:
     settings = Settings(**overrides)
     configure_logging(settings.log_level)
-    print(pull_default_model(settings.home))
+    # The layout the server on these settings converts for, so it converts nothing.
+    print(pull_default_model(settings.home, store_blocking(engine_options(settings))))
     return 0
 
 

@@ -12,10 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
+from engine.kernels import cpu_blocking
 from engine.store import fetch_default_gguf, pull_default_model
 from tests.live_server import LiveServer, serving
+
+CPU = torch.device("cpu")
 
 
 def store_home() -> Path:
@@ -24,7 +28,8 @@ def store_home() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
-    return pull_default_model(store_home())
+    # As ``layerstream serve`` on the CPU stores it, so neither converts again.
+    return pull_default_model(store_home(), cpu_blocking(CPU, torch.float32))
 
 
 @pytest.fixture(scope="session")

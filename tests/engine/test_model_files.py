@@ -58,17 +58,17 @@ def test_missing_layer_tensor_is_named(tiny_folder: Path) -> None:
 
 def test_missing_path_is_named(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="no such file") as caught:
-        resolve_model(str(tmp_path / "nowhere"), tmp_path)
+        resolve_model(str(tmp_path / "nowhere"), tmp_path, None)
     assert caught.value.path == str(tmp_path / "nowhere")
 
 
 def test_folder_without_config_is_refused(tiny_folder: Path) -> None:
     (tiny_folder / "config.json").unlink()
     with pytest.raises(ModelFileError, match="no config.json"):
-        resolve_model(str(tiny_folder), tiny_folder)
+        resolve_model(str(tiny_folder), tiny_folder, None)
 
 
 def test_pickle_checkpoint_is_refused_with_a_hint(tiny_folder: Path) -> None:
     (tiny_folder / SINGLE_FILE).rename(tiny_folder / "pytorch_model.bin")
     with pytest.raises(ModelFileError, match="pytorch_model.bin is a pickle"):
-        resolve_model(str(tiny_folder), tiny_folder)
+        resolve_model(str(tiny_folder), tiny_folder, None)

@@ -10,10 +10,12 @@ import torch
 from safetensors import safe_open
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
-from engine.checkpoint import SINGLE_FILE
+from engine.checkpoint import SINGLE_FILE, Checkpoint
+from engine.kernels import cpu_blocking
 from engine.loader import open_engine
 from engine.options import EngineOptions
 from engine.request import FinishEvent, GenerationRequest, SamplingParams, TokenEvent
+from engine.store import export_plain
 from tests.conftest import store_home
 
 QUESTION = "What is the capital of France? Answer in one sentence."
@@ -33,10 +35,32 @@ def test_store_holds_the_tensors_transformers_loads(
     smollm2_dir: Path, reference: PreTrainedModel
 ) -> None:
     expected = reference.state_dict()
-    with safe_open(smollm2_dir / SINGLE_FILE, framework="pt") as stored:
-        assert set(stored.keys()) <= set(expected)
-        for key in stored.keys():
-            assert torch.equal(stored.get_tensor(key), expected[key]), key
+    checkpoint = Checkpoint(smollm2_dir)
+    stored = checkpoint.read_resident(torch.float32, owned=False)
+    for index, layer in checkpoint.layers.items():
+        whole = checkpoint.read_layer_whole(index, torch.float32, owned=False)
+        stored.update({layer[key].key: tensor for key, tensor in whole.items()})
+    assert set(stored) <= set(expected)
+    for key, tensor in stored.items():
+        assert torch.equal(tensor, expected[key]), key
+
+
+def test_store_holds_the_layers_in_the_kernels_order(smollm2_dir: Path) -> None:
+    blocking = cpu_blocking(torch.device("cpu"), torch.float32)
+    layer = Checkpoint(smollm2_dir).layers[0]
+    assert layer["mlp.up_proj.weight"].blocking == blocking
+    assert layer["input_layernorm.weight"].blocking is None
+
+
+def test_a_plain_export_loads_in_transformers(
+    smollm2_dir: Path, reference: PreTrainedModel, tmp_path: Path
+) -> None:
+    plain = export_plain(smollm2_dir, tmp_path / "plain")
+    with safe_open(plain / SINGLE_FILE, framework="pt") as stored:
+        for key in ("model.layers.3.mlp.down_proj.weight", "model.norm.weight"):
+            assert torch.equal(stored.get_tensor(key), reference.state_dict()[key])
+    loaded = AutoModelForCausalLM.from_pretrained(plain, dtype=torch.float32)
+    assert loaded.config.num_hidden_layers == reference.config.num_hidden_layers
 
 
 def test_greedy_chat_answer_matches_transformers(

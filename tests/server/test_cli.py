@@ -110,7 +110,7 @@ def test_pull_prints_the_folder_of_the_default_model(
 ) -> None:
     pulled: list[Path] = []
 
-    def pull_default_model(home: Path) -> Path:
+    def pull_default_model(home: Path, blocking: object) -> Path:
         pulled.append(home)
         return home / "models" / "smollm2-135m-instruct"
 

@@ -328,13 +328,15 @@ def test_several_choices_each_come_with_their_index(client: OpenAI) -> None:
 
 
 def test_chat_logprobs_equal_transformers_log_softmax(
-    client: OpenAI, smollm2_dir: Path, smollm2_tokenizer: PreTrainedTokenizerBase
+    client: OpenAI, smollm2_gguf: Path, smollm2_tokenizer: PreTrainedTokenizerBase
 ) -> None:
     reply = _complete(client, QUESTION, max_tokens=1, logprobs=True, top_logprobs=5)
     assert reply.choices[0].logprobs is not None
     (entry,) = reply.choices[0].logprobs.content or []
 
-    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(
+        smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32
+    )
     ids = smollm2_tokenizer.apply_chat_template(
         QUESTION, add_generation_prompt=True, tokenize=True, return_dict=False
     )
