@@ -82,6 +82,26 @@ class Checkpoint:
             entry.blocking in (None, blocking) for entry in self.layers[index].values()
         )
 
+    def blocked_group(self, index: int, keys: list[str]) -> torch.Tensor | None:
+        """Blocked weights of one layer that lie end to end, as one blocked weight.
+
+        Blocked panels follow one another, so weights of the same input size
+        side by side are the blocked order of their concatenation.
+        """
+        entries = [self.layers[index][key] for key in keys]
+        files = {entry.file for entry in entries}
+        shapes = [self._info(entry).shape for entry in entries]
+        blockings = {entry.blocking for entry in entries}
+        if len(files) != 1 or None in blockings or len(blockings) != 1:
+            return None
+        if len({shape[1:] for shape in shapes}) != 1:
+            return None
+        flat = self._files[files.pop()].span([entry.key for entry in entries])
+        if flat is None:
+            return None
+        panels = sum(shape[0] for shape in shapes)
+        return flat.view(panels, *shapes[0][1:])
+
     def read_resident(
         self, dtype: torch.dtype, owned: bool = True
     ) -> dict[str, torch.Tensor]:

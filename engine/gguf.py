@@ -139,7 +139,10 @@ def _plan(
         plan.append(PlannedTensor(tensor, name, shapes[name], order))
     if not plan:
         raise ModelFileError(str(gguf_path), "no tensor maps to the model")
-    return plan
+    # In the model's own order, so that q, k, v (and gate, up) lie side by
+    # side and the engine can run each group as one product.
+    order = {name: place for place, name in enumerate(shapes)}
+    return sorted(plan, key=lambda item: order[item.name])
 
 
 def _blocked_names(model: PreTrainedModel, blocking: Blocking | None) -> set[str]:

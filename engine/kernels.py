@@ -14,6 +14,7 @@ which resident weights take as they load and the engine's store holds on disk.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -26,6 +27,9 @@ from engine.onednn import (
     picks,
 )
 
+if TYPE_CHECKING:
+    from engine.fusion import FusedProjection
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,16 +37,34 @@ class OneDnnLinear(nn.Linear):
     """An ``nn.Linear`` whose product runs through oneDNN; same weights, same shapes.
 
     Its weight is either plain (``[out, in]``) or in oneDNN's blocked order
-    (four dimensions, see ``engine.onednn``).
+    (four dimensions, see ``engine.onednn``). One of a fused group
+    (``engine.fusion``) either runs the group's product or returns its share.
     """
 
+    fused: FusedProjection | None = None  # set on a group's first member
+    pending: tuple[torch.Tensor, torch.Tensor] | None = None  # (input, share)
+
     def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if self.pending is not None:
+            source, share = self.pending
+            self.pending = None
+            if source is input:
+                return share
+        if self.fused is not None:
+            return self.fused.run(input)
         weight = self.weight
         if weight.dim() == 4:
             weight = cached_view(weight)
         return torch.ops.mkldnn._linear_pointwise(
             input, weight, self.bias, "none", [], ""
         )
+
+
+def linear_blocked(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``input`` times a blocked weight, no bias."""
+    return torch.ops.mkldnn._linear_pointwise(
+        input, cached_view(weight), None, "none", [], ""
+    )
 
 
 def onednn_available() -> bool:

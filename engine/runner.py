@@ -20,6 +20,7 @@ from transformers import PreTrainedModel
 
 from engine.checkpoint import Checkpoint
 from engine.errors import ModelFileError
+from engine.fusion import fuse_in_place, fuse_resident
 from engine.kernels import block_head, block_linears, choose_blocking, use_cpu_kernels
 from engine.kv_cache import BLOCK_TOKENS, KVPool, SequenceCache
 from engine.layout import (
@@ -120,6 +121,7 @@ class ModelRunner:
         self.prefetcher = Prefetcher(self._read_layer, staged, prefetch_depth)
         for index in sorted(self.in_place_layers):
             checkpoint.map_layer(index)  # pages mapped in once, at start-up
+        self._fuse_in_place(checkpoint)
         self.layer_reads = 0
         self.last_sweep = SweepStats()
         # On a GPU the host threads only launch kernels: their number is left be.
@@ -313,12 +315,24 @@ class ModelRunner:
     def _block_resident(self) -> None:
         blocking = self.blocking
         head = block_head(self.model, blocking)
+        fused = 0
         for index in self.resident_layers:
             block_linears(self.layers[index], blocking)
+            fused += fuse_resident(self.layers[index])
         logger.info(
-            "resident weights in oneDNN's %s order (%d layers%s)",
+            "resident weights in oneDNN's %s order (%d layers%s), %d fused groups",
             blocking.name, len(self.resident_layers), ", the head" if head else "",
+            fused,
         )  # fmt: skip
+
+    def _fuse_in_place(self, checkpoint: Checkpoint) -> None:
+        if self.blocking is None:
+            return
+        fused = sum(
+            fuse_in_place(self.layers[index], index, checkpoint)
+            for index in self.in_place_layers
+        )
+        logger.info("streamed layers used in place with %d fused groups", fused)
 
 
 def _positions(item: SweepInput) -> range:

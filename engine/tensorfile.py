@@ -8,6 +8,7 @@ into a reused staging buffer (then converted, or sent to the GPU).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import mmap
@@ -64,6 +65,18 @@ class TensorFile:
             self._map, dtype=info.dtype, count=info.numel, offset=info.start
         )
         return flat.view(info.shape)
+
+    def span(self, keys: list[str]) -> torch.Tensor | None:
+        """The bytes of ``keys`` as one flat tensor, if they lie end to end."""
+        infos = [self.tensors[key] for key in keys]
+        dtypes = {info.dtype for info in infos}
+        touching = all(a.end == b.start for a, b in itertools.pairwise(infos))
+        if len(dtypes) != 1 or not touching:
+            return None
+        count = sum(info.numel for info in infos)
+        return torch.frombuffer(
+            self._map, dtype=dtypes.pop(), count=count, offset=infos[0].start
+        )
 
     def populate(self, key: str) -> None:
         """Map one tensor's pages now, reading them from disk if they are not cached.

@@ -17,9 +17,11 @@ from collections.abc import Iterator
 
 import torch
 
-# From this many packed tokens on (prompts), a sweep always uses every thread:
-# it is compute-bound, and a trial on one thread would cost a whole prompt.
-ALL_THREADS_FROM = 64
+# From this many packed tokens on, a sweep always uses every thread: it is
+# compute-bound, and a trial on one thread costs it a third more time (8 and 16
+# decoding sequences on a 2-core EPYC: 51 and 63 ms on both cores, 72 and 89
+# on one), while every request in the sweep waits for it.
+ALL_THREADS_FROM = 8
 # One sweep in this many of a size tries the choice that is not the best now.
 RETRY_EVERY = 50
 # Weight of the newest timing in a choice's running mean.
