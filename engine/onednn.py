@@ -125,6 +125,8 @@ def onednn_view(blocked: torch.Tensor) -> torch.Tensor:
     panels, depth, inputs, rows = blocked.shape
     out, inp = panels * rows, depth * inputs
     descriptor = _descriptor(Blocking(inputs, rows), out, inp)
+    if not blocked.is_contiguous():
+        raise ValueError("a blocked weight must lie in one piece of memory")
     if descriptor is None:
         raise ValueError(f"oneDNN does not lay a {out}x{inp} weight out this way")
     return _Shim.get().wrap(blocked.data_ptr(), out, inp, descriptor)
