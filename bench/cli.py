@@ -38,8 +38,16 @@ from engine.store import pull_default_model
 logger = logging.getLogger(__name__)
 
 EXIT_BAD_ARGUMENTS = 2
-_QUICK = {"tokens": 8, "airllm_tokens": 2, "big_layers": 4, "big_tokens": 3}
-_FULL = {"tokens": 32, "airllm_tokens": 4, "big_layers": 32, "big_tokens": 4}
+_QUICK = {
+    "tokens": 8,
+    "airllm_tokens": 2,
+    "big_layers": 4,
+    "big_tokens": 3,
+    "rounds": 1,
+}
+_FULL = {
+    "tokens": 32, "airllm_tokens": 4, "big_layers": 32, "big_tokens": 4, "rounds": 3,
+}  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("--home", type=Path, help="layerstream's store (default LAYERSTREAM_HOME)")
     add("--tokens", type=int, help="greedy tokens per stream (default 32)")
     add("--streams", type=int, default=16, help="concurrent streams and batch size")
+    add("--rounds", type=int, help="rounds of transformers and layerstream (3)")
     add("--quick", action="store_true", help="fewer tokens and layers, for a try")
     add("--budget-fraction", type=float, default=0.25, help="small budget's share")
     add("--offload-max-memory", default="150MB", help="accelerate's CPU budget")
@@ -84,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     unknown = _skipped(args) - set(STAGES)
     if unknown:
         parser.error(f"unknown stage(s) in --skip: {', '.join(sorted(unknown))}")
@@ -117,6 +128,7 @@ def _side_by_side(args: argparse.Namespace, home: Path) -> int:
         airllm_tokens=args.airllm_tokens,
         skip=frozenset(_skipped(args)),
         timeout_s=args.stage_timeout,
+        rounds=args.rounds,
     )
     report = run_side_by_side(options)
     targets = evaluate(report)
@@ -183,6 +195,7 @@ def _report_json(report: Report, targets: list[Target]) -> dict[str, Any]:
         "limits": limits,
         "targets": [{**asdict(t), "status": t.status} for t in targets],
         "notes": report.notes,
+        "rounds": [[row_as_dict(row) for row in each.rows] for each in report.rounds],
     }
 
 

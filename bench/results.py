@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 # Row keys the ratios and targets refer to.
@@ -67,6 +67,8 @@ class Report:
     limits: Limits | None = None
     notes: list[str] = field(default_factory=list)
     machine: dict[str, Any] = field(default_factory=dict)
+    # The rounds this report combines (see ``combine``); empty for one round.
+    rounds: list[Report] = field(default_factory=list)
 
     def row(self, key: str) -> Row | None:
         return next((row for row in self.rows if row.key == key), None)
@@ -74,6 +76,50 @@ class Report:
     def tokens_per_s(self, key: str) -> float | None:
         row = self.row(key)
         return None if row is None else row.tokens_per_s
+
+
+def combine(rounds: list[Report]) -> Report:
+    """One report of a run's rounds: each row its median round by speed.
+
+    Its peak memory is the highest of its rounds. The rounds stay in the
+    report, so that each target can take the median of its rounds' own
+    ratios, each measured minutes apart at most.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+    first = rounds[0]
+    combined = replace(first, rows=[], notes=list(first.notes), rounds=rounds)
+    keys = dict.fromkeys(row.key for report in rounds for row in report.rows)
+    for key in keys:
+        rows = [row for report in rounds if (row := report.row(key)) is not None]
+        combined.rows.append(_median_row(rows))
+    combined.notes.append(
+        f"{len(rounds)} rounds: each row is its median round, each target the "
+        "median of its rounds' ratios"
+    )
+    return combined
+
+
+def _median_row(rows: list[Row]) -> Row:
+    measured = sorted(
+        (row for row in rows if row.tokens_per_s is not None),
+        key=lambda row: row.tokens_per_s,
+    )
+    if len(rows) == 1 or not measured:
+        return rows[0]
+    middle = measured[(len(measured) - 1) // 2]
+    note = f"median of {len(measured)} rounds"
+    return replace(
+        middle,
+        note=f"{middle.note}; {note}" if middle.note else note,
+        peak_rss_bytes=_highest(row.peak_rss_bytes for row in rows),
+        peak_anon_bytes=_highest(row.peak_anon_bytes for row in rows),
+    )
+
+
+def _highest(values) -> int | None:
+    known = [value for value in values if value is not None]
+    return max(known) if known else None
 
 
 def ratio(numerator: float | None, denominator: float | None) -> float | None:

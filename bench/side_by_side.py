@@ -23,13 +23,15 @@ from bench.layerstream_run import Setup, layerstream_rows
 from bench.model_size import ModelSize, kv_bytes_per_token, measure_model
 from bench.physical import measure_limits
 from bench.prompt import prompt_length
-from bench.results import Report, Row
+from bench.results import Report, Row, combine
 from bench.server_process import Budget, ServerSpec
 from engine.store import export_plain
 
 logger = logging.getLogger(__name__)
 
 STAGES = ("limits", "transformers", "offload", "layerstream", "airllm")
+# Stages run again in every round: the ones the close targets compare.
+REPEATED = ("transformers", "layerstream")
 _COMPUTE_ITEMSIZE = 4  # float32 on the CPU, for every system
 _FULL_FACTOR = 2  # all resident: twice the weights leaves room for buffers
 _KV_SLACK_TOKENS = 16
@@ -47,20 +49,37 @@ class RunOptions:
     airllm_tokens: int
     skip: frozenset[str]
     timeout_s: float
+    rounds: int = 1
 
 
 def run_side_by_side(options: RunOptions) -> Report:
+    """Every stage once, then transformers and layerstream again, round by round.
+
+    This machine's speed drifts by a fifth within minutes; rounds that each
+    measure both sides let a target take the median of paired ratios.
+    """
     size = measure_model(options.folder)
-    report = Report(str(options.folder), options.tokens, options.streams)
-    report.machine = machine_info()
+    rounds = []
     with tempfile.TemporaryDirectory(prefix="bench-plain-") as scratch:
         # transformers and AirLLM read plain weights only; the engine's store
         # may hold them in its kernel's blocked order.
         plain = export_plain(options.folder, Path(scratch) / options.folder.name)
-        for stage, action in _stages(options, plain, size, report).items():
-            if stage in options.skip:
-                report.notes.append(f"stage {stage} skipped")
-                continue
+        for index in range(options.rounds):
+            wanted = STAGES if index == 0 else REPEATED
+            logger.info("round %d of %d", index + 1, options.rounds)
+            rounds.append(_round(options, plain, size, wanted))
+    return combine(rounds)
+
+
+def _round(
+    options: RunOptions, plain: Path, size: ModelSize, wanted: tuple[str, ...]
+) -> Report:
+    report = Report(str(options.folder), options.tokens, options.streams)
+    report.machine = machine_info()
+    for stage, action in _stages(options, plain, size, report).items():
+        if stage in options.skip:
+            report.notes.append(f"stage {stage} skipped")
+        elif stage in wanted:
             _run_stage(stage, action, report)
     return report
 

@@ -7,6 +7,7 @@ is the point of the product.
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass
 
 from bench.results import (
@@ -63,8 +64,26 @@ def evaluate(report: Report) -> list[Target]:
 
 
 def _speedup(report: Report, name: str, ours: str, theirs: str, goal: float) -> Target:
-    found = ratio(report.tokens_per_s(ours), report.tokens_per_s(theirs))
-    return Target(name, found, goal)
+    return Target(name, paired_ratio(report, ours, theirs), goal)
+
+
+def paired_ratio(report: Report, ours: str, theirs: str) -> float | None:
+    """The median of the rounds' own ratios (the report's own without rounds).
+
+    A round that lacks one of the two rows (AirLLM runs in the first round
+    only) is paired with the other's median row.
+    """
+    ratios = [
+        ratio(
+            each.tokens_per_s(ours) or report.tokens_per_s(ours),
+            each.tokens_per_s(theirs) or report.tokens_per_s(theirs),
+        )
+        for each in report.rounds
+    ]
+    known = [value for value in ratios if value is not None]
+    if not known:
+        return ratio(report.tokens_per_s(ours), report.tokens_per_s(theirs))
+    return statistics.median(known)
 
 
 def _budget_target(report: Report) -> Target:
