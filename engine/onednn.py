@@ -37,6 +37,8 @@ _BATCH_HINT = 16
 _NORMAL = 1 << 23
 # The probe holds the weight twice (numbered, then reordered): at most 512 MB.
 _PROBE_LIMIT = 1 << 26
+# Elements compared at a time when checking a probe (16 MB of int32).
+_CHECK_ELEMENTS = 1 << 22
 # Views kept: far more than a model's linear weights in every place they lie.
 _MAX_VIEWS = 8192
 _views: dict[tuple[int, torch.Size], torch.Tensor] = {}
@@ -188,16 +190,19 @@ def _descriptor(blocking: Blocking, out: int, inp: int) -> bytes | None:
 def _in_order(placed: torch.Tensor, blocking: Blocking, out: int, inp: int) -> bool:
     """Whether element (n, k), numbered n * inp + k, is where ``block`` puts it."""
     rows, inputs = blocking.rows, blocking.inputs
-    panels = placed.view(out // rows, inp // inputs, inputs, rows)
-    depth = torch.arange(inp // inputs)[:, None, None] * inputs
+    count = out // rows
+    panels = placed.view(count, inp // inputs, inputs, rows)
     within = (
-        torch.arange(inputs)[None, :, None] + torch.arange(rows)[None, None, :] * inp
-    )
-    for panel in range(out // rows):
-        expected = (
-            _NORMAL + panel * rows * inp + depth + within
-        )  # [depth, inputs, rows]
-        if not torch.equal(panels[panel], expected.to(torch.int32)):
+        torch.arange(inp // inputs, dtype=torch.int32)[:, None, None] * inputs
+        + torch.arange(inputs, dtype=torch.int32)[None, :, None]
+        + torch.arange(rows, dtype=torch.int32)[None, None, :] * inp
+    )  # [in/inputs, inputs, rows]: the numbers of one panel, less its start
+    chunk = max(1, _CHECK_ELEMENTS // within.numel())
+    for first in range(0, count, chunk):
+        last = min(first + chunk, count)
+        starts = torch.arange(first, last, dtype=torch.int32) * (rows * inp)
+        expected = (starts + _NORMAL)[:, None, None, None] + within
+        if not torch.equal(panels[first:last], expected):
             return False
     return True
 

@@ -11,7 +11,13 @@ from torch import nn
 
 from engine.checkpoint import Checkpoint
 from engine.kernels import OneDnnLinear
-from engine.onednn import BlockedEmbedding, Blocking, cached_view, machine_blocking
+from engine.onednn import (
+    BlockedEmbedding,
+    Blocking,
+    cached_view,
+    machine_blocking,
+    picks,
+)
 from engine.runner import ModelRunner
 from engine.skeleton import build_skeleton
 from tests.engine.test_runner_identity import (
@@ -135,3 +141,12 @@ def test_no_resident_tensor_is_left_in_the_mapped_file(tmp_path: Path) -> None:
             assert not any(low <= start < high for low, high in spans)
     finally:
         runner.close()
+
+
+@needs_blocking
+def test_another_order_is_not_taken_for_onednns() -> None:
+    found = machine_blocking()
+    others = [Blocking(16, 32), Blocking(8, 64), Blocking(16, 16)]
+    for other in (o for o in others if o != found):
+        assert not picks(other, (256, 64))
+    assert picks(found, (256, 64))
