@@ -20,10 +20,11 @@ from engine.checkpoint import Checkpoint, has_checkpoint
 from engine.engine import Engine
 from engine.errors import ModelFileError, UnsupportedModelError
 from engine.kernels import cpu_blocking
+from engine.kv_cache import BLOCK_TOKENS
 from engine.layout import kv_shape
 from engine.onednn import Blocking
 from engine.options import EngineOptions
-from engine.residency import ResidencyPlan, plan_residency
+from engine.residency import BudgetTooSmallError, ResidencyPlan, plan_residency
 from engine.runner import ModelRunner
 from engine.skeleton import build_skeleton
 from engine.store import DEFAULT_MODEL_ID, model_id_for, pull_default_model, stored_gguf
@@ -53,6 +54,7 @@ def open_engine(
     checkpoint = Checkpoint(folder.path)
     kv_per_token = kv_bytes_per_token(config, options.dtype)
     plan = _plan(checkpoint, options, kv_per_token)
+    kv_tokens = kv_tokens_in(plan.kv_bytes, kv_per_token)
     runner = ModelRunner(
         build_skeleton(config),
         checkpoint,
@@ -63,12 +65,29 @@ def open_engine(
     )
     _log_plan(folder, plan, options)
     stops = _stop_token_ids(config, tokenizer, folder.path)
-    kv_tokens = plan.kv_bytes // kv_per_token if plan.kv_bytes else None
     engine = Engine(
         folder.model_id, tokenizer, runner, options, stops, kv_tokens, worker_thread
     )
     engine.plan = plan.describe()
     return engine
+
+
+def kv_tokens_in(kv_bytes: int, per_token: int) -> int | None:
+    """Tokens a KV budget holds; None for no budget.
+
+    A budget below one block of the pool could hold no sequence at all, and
+    is refused rather than served with a context of a few tokens.
+    """
+    if not kv_bytes:
+        return None
+    tokens = kv_bytes // per_token
+    if tokens < BLOCK_TOKENS:
+        raise BudgetTooSmallError(
+            f"a KV cache budget of {kv_bytes} bytes holds {tokens} tokens; "
+            f"it needs at least {BLOCK_TOKENS} ({BLOCK_TOKENS * per_token} bytes "
+            "for this model)"
+        )
+    return tokens
 
 
 def kv_bytes_per_token(config: PretrainedConfig, dtype: torch.dtype) -> int:

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from engine.checkpoint import Checkpoint
+from engine.loader import kv_tokens_in
 from engine.residency import BudgetTooSmallError, parse_bytes, plan_residency
 from engine.runner import ModelRunner
 from engine.skeleton import build_skeleton
@@ -84,3 +85,13 @@ def test_partly_resident_runner_matches_transformers(tmp_path: Path) -> None:
         assert runner.layer_reads == len(expected[0]) * 1  # only layer 1 streams
     finally:
         runner.close()
+
+
+def test_a_kv_budget_below_one_block_is_refused() -> None:
+    per_token = 46_080  # SmolLM2-135M's keys and values of one token, float32
+    with pytest.raises(BudgetTooSmallError, match="holds 0 tokens"):
+        kv_tokens_in(1_000, per_token)
+    with pytest.raises(BudgetTooSmallError, match="at least 16"):
+        kv_tokens_in(per_token, per_token)
+    assert kv_tokens_in(16 * per_token, per_token) == 16
+    assert kv_tokens_in(0, per_token) is None
