@@ -135,14 +135,14 @@ def _plan(
                 "GGUF tensor %s has no place in the model; skipped", tensor.name
             )
             continue
-        order = blocking if name in blocked else None
-        plan.append(PlannedTensor(tensor, name, shapes[name], order))
+        layout = blocking if name in blocked else None
+        plan.append(PlannedTensor(tensor, name, shapes[name], layout))
     if not plan:
         raise ModelFileError(str(gguf_path), "no tensor maps to the model")
     # In the model's own order, so that q, k, v (and gate, up) lie side by
     # side and the engine can run each group as one product.
-    order = {name: place for place, name in enumerate(shapes)}
-    return sorted(plan, key=lambda item: order[item.name])
+    place = {name: index for index, name in enumerate(shapes)}
+    return sorted(plan, key=lambda item: place[item.name])
 
 
 def _blocked_names(model: PreTrainedModel, blocking: Blocking | None) -> set[str]:
