@@ -98,10 +98,10 @@ def cpu_blocking(device: torch.device, dtype: torch.dtype) -> Blocking | None:
 
 
 def choose_blocking(model: nn.Module, kernel: str) -> Blocking | None:
-    """The blocked order for the model's weights; None keeps them plain.
+    """The blocked order for the model's weights; None keeps them all plain.
 
-    Only when oneDNN runs the products and lays every shape of the model that
-    fits the order out in that very order.
+    Only when oneDNN runs the products. A weight whose shape oneDNN lays out
+    otherwise, or too large to probe, stays plain on its own (``picks``).
     """
     blocking = machine_blocking() if kernel == "onednn" else None
     if blocking is None:
@@ -111,9 +111,9 @@ def choose_blocking(model: nn.Module, kernel: str) -> Blocking | None:
         for module in model.modules()
         if isinstance(module, OneDnnLinear)
     }
-    if not all(picks(blocking, shape) for shape in shapes if blocking.fits(shape)):
-        logger.info("oneDNN orders some of this model's weights otherwise: plain order")
-        return None
+    plain = [shape for shape in shapes if not picks(blocking, shape)]
+    if plain:
+        logger.debug("weights of shapes %s stay in the plain order", sorted(plain))
     return blocking
 
 
@@ -148,7 +148,7 @@ def _blockable(weight: torch.Tensor, blocking: Blocking) -> bool:
     return (
         weight.dim() == 2
         and weight.dtype == torch.float32
-        and blocking.fits(weight.shape)
+        and picks(blocking, tuple(weight.shape))
     )
 
 

@@ -8,7 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import LlamaConfig
 
+import engine.onednn
 from engine.checkpoint import Checkpoint
 from engine.kernels import OneDnnLinear
 from engine.onednn import (
@@ -25,7 +27,7 @@ from tests.engine.test_runner_identity import (
     reference_tokens,
     streamed_tokens,
 )
-from tests.engine.tiny_models import CONFIGS, build_model, save_model
+from tests.engine.tiny_models import CONFIGS, SHAPE, build_model, save_model
 
 needs_blocking = pytest.mark.skipif(
     machine_blocking() is None, reason="oneDNN takes no known blocked order here"
@@ -151,3 +153,29 @@ def test_another_order_is_not_taken_for_onednns() -> None:
     for other in (o for o in others if o.rows != found.rows):
         assert not picks(other, (256, 64))
     assert picks(found, (256, 64))
+
+
+@needs_blocking
+def test_a_weight_too_large_to_probe_stays_plain_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A head of 448 x 64 (a shape no other test probes) over a lowered limit.
+    monkeypatch.setattr(engine.onednn, "_PROBE_LIMIT", 448 * 64 - 1)
+    config = LlamaConfig(**{**SHAPE, "vocab_size": 448}, num_hidden_layers=2)
+    model = build_model(config)
+    save_model(model, tmp_path)
+    runner = ModelRunner(
+        build_skeleton(config),
+        Checkpoint(tmp_path),
+        torch.device("cpu"),
+        torch.float32,
+        2,
+        resident_layers=frozenset({0, 1}),
+    )
+    try:
+        assert runner.model.get_output_embeddings().weight.dim() == 2
+        assert runner.layers[0].mlp.gate_proj.weight.dim() == 4
+        expected = [reference_tokens(model, prompt) for prompt in PROMPTS]
+        assert streamed_tokens(runner, PROMPTS) == expected
+    finally:
+        runner.close()
