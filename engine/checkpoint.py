@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from engine.errors import ModelFileError
-from engine.onednn import Blocking
+from engine.onednn import Blocking, plain_shape
 from engine.tensorfile import TensorFile
 
 logger = logging.getLogger(__name__)
@@ -187,7 +187,7 @@ class Checkpoint:
         stored = stored.view(info.dtype).view(info.shape)
         if entry.blocking is None:
             return slot.view(info.shape).copy_(stored)
-        plain = slot.view(_plain_shape(info.shape))
+        plain = slot.view(plain_shape(info.shape))
         entry.blocking.unblock_into(stored, plain)
         return plain
 
@@ -236,11 +236,6 @@ def _file_blocking(mapped: TensorFile) -> Blocking | None:
         if blocks is not None and blocks != (blocking.inputs, blocking.rows):
             raise ModelFileError(str(mapped.path), f"{key} is not in order {name}")
     return blocking
-
-
-def _plain_shape(blocked: tuple[int, ...]) -> tuple[int, int]:
-    panels, depth, inputs, rows = blocked
-    return panels * rows, depth * inputs
 
 
 def _aligned(nbytes: int) -> int:

@@ -14,13 +14,13 @@ when transformers calls it next with the same input.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from engine.checkpoint import Checkpoint
-from engine.kernels import OneDnnLinear, linear_blocked
+from engine.kernels import OneDnnLinear, onednn_linear
 
 # Projections that transformers' layers call one after another on one input.
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
@@ -30,16 +30,18 @@ GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 class FusedProjection:
     weight: torch.Tensor  # the members' blocked weights, end to end
     members: list[OneDnnLinear]
+    widths: list[int] = field(init=False)  # each member's out_features
+
+    def __post_init__(self) -> None:
+        self.widths = [member.out_features for member in self.members]
 
     def run(self, input: torch.Tensor) -> torch.Tensor:
         """The first member's output; the others' wait in their ``pending``."""
-        out = linear_blocked(input, self.weight)  # [..., sum of out_features]
-        widths = [member.out_features for member in self.members]
+        out = onednn_linear(input, self.weight)  # [..., sum of out_features]
+        parts = out.split(self.widths, dim=-1)
         shares = [
             part if member.bias is None else part + member.bias
-            for member, part in zip(
-                self.members, out.split(widths, dim=-1), strict=True
-            )
+            for member, part in zip(self.members, parts, strict=True)
         ]
         for member, share in zip(self.members[1:], shares[1:], strict=True):
             member.pending = (input, share)

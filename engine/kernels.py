@@ -52,19 +52,16 @@ class OneDnnLinear(nn.Linear):
                 return share
         if self.fused is not None:
             return self.fused.run(input)
-        weight = self.weight
-        if weight.dim() == 4:
-            weight = cached_view(weight)
-        return torch.ops.mkldnn._linear_pointwise(
-            input, weight, self.bias, "none", [], ""
-        )
+        return onednn_linear(input, self.weight, self.bias)
 
 
-def linear_blocked(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``input`` times a blocked weight, no bias."""
-    return torch.ops.mkldnn._linear_pointwise(
-        input, cached_view(weight), None, "none", [], ""
-    )
+def onednn_linear(
+    input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``input`` times a plain or a blocked (four-dimensional) weight, plus ``bias``."""
+    if weight.dim() == 4:
+        weight = cached_view(weight)
+    return torch.ops.mkldnn._linear_pointwise(input, weight, bias, "none", [], "")
 
 
 def onednn_available() -> bool:
@@ -106,6 +103,8 @@ def choose_blocking(model: nn.Module, kernel: str) -> Blocking | None:
     blocking = machine_blocking() if kernel == "onednn" else None
     if blocking is None:
         return None
+    # Every shape is probed now, before the weights load: a probe holds its
+    # weight twice for a moment, and the answers are kept for the blocking.
     shapes = {
         tuple(module.weight.shape)
         for module in model.modules()

@@ -85,9 +85,9 @@ class Blocking:
 
     def unblock(self, blocked: torch.Tensor) -> torch.Tensor:
         """The plain ``[out, in]`` weight of a blocked one (a copy)."""
-        panels, depth, inputs, rows = blocked.shape
-        plain = blocked.permute(0, 3, 1, 2).reshape(panels * rows, depth * inputs)
-        return plain.contiguous()  # one panel's permute reshapes as a mere view
+        out = blocked.new_empty(plain_shape(blocked.shape))
+        self.unblock_into(blocked, out)
+        return out
 
     def unblock_into(self, blocked: torch.Tensor, out: torch.Tensor) -> None:
         """``unblock`` into ``out`` (``[out, in]``, any dtype), allocating nothing."""
@@ -98,6 +98,12 @@ class Blocking:
         """Rows ``ids`` of a blocked weight, as an embedding looks them up."""
         # [*ids, in/inputs, inputs] -> [*ids, in]
         return blocked[ids // self.rows, :, :, ids % self.rows].flatten(-2)
+
+
+def plain_shape(blocked: tuple[int, ...] | torch.Size) -> tuple[int, int]:
+    """``[out, in]`` of a blocked weight's four dimensions."""
+    panels, depth, inputs, rows = blocked
+    return panels * rows, depth * inputs
 
 
 @cache
@@ -124,8 +130,8 @@ def onednn_view(blocked: torch.Tensor) -> torch.Tensor:
 
     The caller keeps ``blocked`` alive for as long as the view is used.
     """
-    panels, depth, inputs, rows = blocked.shape
-    out, inp = panels * rows, depth * inputs
+    out, inp = plain_shape(blocked.shape)
+    _, _, inputs, rows = blocked.shape
     descriptor = _descriptor(Blocking(inputs, rows), out, inp)
     if not blocked.is_contiguous():
         raise ValueError("a blocked weight must lie in one piece of memory")
@@ -155,8 +161,6 @@ class BlockedEmbedding(nn.Embedding):
     blocking: Blocking
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if self.weight.dim() == 2:
-            return super().forward(input)
         return self.blocking.rows_of(self.weight, input)
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import LlamaConfig
+from transformers import LlamaConfig, PretrainedConfig
 
 import engine.onednn
 from engine.checkpoint import Checkpoint
@@ -76,8 +76,11 @@ def test_a_weight_in_place_is_wrapped_once() -> None:
     assert cached_view(blocked) is cached_view(blocked)
 
 
-def resident_runner(name: str, folder: Path) -> tuple[nn.Module, ModelRunner]:
-    model = build_model(CONFIGS[name])
+def resident_runner(
+    name: str | PretrainedConfig, folder: Path
+) -> tuple[nn.Module, ModelRunner]:
+    """A saved tiny model (by name, or of a config) and a runner holding it all."""
+    model = build_model(CONFIGS[name] if isinstance(name, str) else name)
     save_model(model, folder)
     layers = frozenset(range(model.config.num_hidden_layers))
     runner = ModelRunner(
@@ -162,16 +165,7 @@ def test_a_weight_too_large_to_probe_stays_plain_alone(
     # A head of 448 x 64 (a shape no other test probes) over a lowered limit.
     monkeypatch.setattr(engine.onednn, "_PROBE_LIMIT", 448 * 64 - 1)
     config = LlamaConfig(**{**SHAPE, "vocab_size": 448}, num_hidden_layers=2)
-    model = build_model(config)
-    save_model(model, tmp_path)
-    runner = ModelRunner(
-        build_skeleton(config),
-        Checkpoint(tmp_path),
-        torch.device("cpu"),
-        torch.float32,
-        2,
-        resident_layers=frozenset({0, 1}),
-    )
+    model, runner = resident_runner(config, tmp_path)
     try:
         assert runner.model.get_output_embeddings().weight.dim() == 2
         assert runner.layers[0].mlp.gate_proj.weight.dim() == 4
