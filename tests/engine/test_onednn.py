@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -76,9 +78,10 @@ def test_a_weight_in_place_is_wrapped_once() -> None:
     assert cached_view(blocked) is cached_view(blocked)
 
 
+@contextmanager
 def resident_runner(
     name: str | PretrainedConfig, folder: Path
-) -> tuple[nn.Module, ModelRunner]:
+) -> Iterator[tuple[nn.Module, ModelRunner]]:
     """A saved tiny model (by name, or of a config) and a runner holding it all."""
     model = build_model(CONFIGS[name] if isinstance(name, str) else name)
     save_model(model, folder)
@@ -91,51 +94,44 @@ def resident_runner(
         2,
         resident_layers=layers,
     )
-    return model, runner
+    try:
+        yield model, runner
+    finally:
+        runner.close()
 
 
 @needs_blocking
 @pytest.mark.parametrize("name", ["llama", "llama-tied", "qwen2"])
 def test_resident_blocked_weights_keep_greedy_tokens(name: str, tmp_path: Path) -> None:
-    model, runner = resident_runner(name, tmp_path)
-    try:
+    with resident_runner(name, tmp_path) as (model, runner):
         layer = runner.layers[0]
         assert layer.mlp.gate_proj.weight.dim() == 4
         assert layer.self_attn.k_proj.weight.dim() == 2  # 32 rows: no panel fits
         assert runner.model.get_output_embeddings().weight.dim() == 4
         expected = [reference_tokens(model, prompt) for prompt in PROMPTS]
         assert streamed_tokens(runner, PROMPTS) == expected
-    finally:
-        runner.close()
 
 
 @needs_blocking
 def test_a_tied_embedding_reads_the_blocked_head(tmp_path: Path) -> None:
-    _, runner = resident_runner("llama-tied", tmp_path)
-    try:
+    with resident_runner("llama-tied", tmp_path) as (_, runner):
         embedding = runner.model.get_input_embeddings()
         assert type(embedding) is BlockedEmbedding
         assert embedding.weight is runner.model.get_output_embeddings().weight
-    finally:
-        runner.close()
 
 
 @needs_blocking
 def test_a_scaled_tied_embedding_keeps_the_head_plain(tmp_path: Path) -> None:
-    model, runner = resident_runner("gemma3", tmp_path)
-    try:
+    with resident_runner("gemma3", tmp_path) as (model, runner):
         assert runner.model.get_output_embeddings().weight.dim() == 2
         assert runner.layers[0].mlp.up_proj.weight.dim() == 4
         expected = [reference_tokens(model, prompt) for prompt in PROMPTS]
         assert streamed_tokens(runner, PROMPTS) == expected
-    finally:
-        runner.close()
 
 
 @needs_blocking
 def test_no_resident_tensor_is_left_in_the_mapped_file(tmp_path: Path) -> None:
-    _, runner = resident_runner("llama-tied", tmp_path)
-    try:
+    with resident_runner("llama-tied", tmp_path) as (_, runner):
         checkpoint = runner._checkpoint
         views = [*checkpoint.read_resident(torch.float32, owned=False).values()]
         for index in range(checkpoint.num_layers):
@@ -144,8 +140,6 @@ def test_no_resident_tensor_is_left_in_the_mapped_file(tmp_path: Path) -> None:
         for tensor in [*runner.model.parameters(), *runner.model.buffers()]:
             start = tensor.data_ptr()
             assert not any(low <= start < high for low, high in spans)
-    finally:
-        runner.close()
 
 
 @needs_blocking
@@ -165,11 +159,8 @@ def test_a_weight_too_large_to_probe_stays_plain_alone(
     # A head of 448 x 64 (a shape no other test probes) over a lowered limit.
     monkeypatch.setattr(engine.onednn, "_PROBE_LIMIT", 448 * 64 - 1)
     config = LlamaConfig(**{**SHAPE, "vocab_size": 448}, num_hidden_layers=2)
-    model, runner = resident_runner(config, tmp_path)
-    try:
+    with resident_runner(config, tmp_path) as (model, runner):
         assert runner.model.get_output_embeddings().weight.dim() == 2
         assert runner.layers[0].mlp.gate_proj.weight.dim() == 4
         expected = [reference_tokens(model, prompt) for prompt in PROMPTS]
         assert streamed_tokens(runner, PROMPTS) == expected
-    finally:
-        runner.close()
