@@ -11,12 +11,16 @@ A block that is full is also remembered by the tokens that led to it: a later
 sequence starting with the same tokens (a shared system prompt, the earlier
 turns of a chat, the other choices of a request, a preempted sequence coming
 back) takes those blocks instead of computing them again. Blocks nobody holds
-stay remembered until their room is needed.
+stay remembered until their room is needed. Prompts that arrive together share
+too: a block that one prompt's chunk fills in a sweep is taken by the others of
+that sweep that start with the same tokens, since every layer stores the whole
+sweep's keys and values before any of its attention reads them.
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Mapping
 
 import torch
 
@@ -45,7 +49,7 @@ class KVPool:
         self.device = device
         self.max_blocks = max_blocks
         self.num_blocks = 0
-        self.num_reused = 0  # blocks handed to a sequence from the prefix cache
+        self.num_reused = 0  # blocks handed to a sequence that did not compute them
         self._block_shape = (block_tokens, kv_heads, head_dim)
         empty = torch.empty(0, *self._block_shape, dtype=dtype, device=device)
         self._keys = [empty] * num_layers  # each [blocks, block_tokens, heads, dim]
@@ -104,6 +108,11 @@ class KVPool:
         self.num_reused += 1
         return block
 
+    def hold(self, block: int) -> None:
+        """One more sequence holds ``block``, which another fills in this sweep."""
+        self._holders[block] += 1
+        self.num_reused += 1
+
     def write(
         self, layer: int, slots: torch.Tensor, keys: torch.Tensor, values: torch.Tensor
     ) -> None:
@@ -158,16 +167,46 @@ class SequenceCache:
 
         At least the last token is left to compute: its logits are needed.
         """
+        self.share(tokens, {})
+        return self.length
+
+    def share(self, tokens: list[int], filling: Mapping[BlockKey, int]) -> int:
+        """Take the blocks that hold the next ``tokens``; how many tokens they hold.
+
+        A block is either remembered or in ``filling``: filled by another
+        sequence in the coming sweep, which then must run this one too. Blocks
+        start only at a block boundary with no room reserved past it, and the
+        last token is always left to compute: its logits are needed.
+        """
         size = self.pool.block_tokens
-        for start in range(0, len(tokens) - size, size):
-            key = self._next_key(tokens[start : start + size])
-            block = self.pool.reuse(key)
-            if block is None:
+        if len(self.blocks) * size != self.length:
+            return 0
+        taken = 0
+        while len(tokens) - taken > size:
+            key = self._next_key(tokens[taken : taken + size])
+            block = filling.get(key)
+            if block is not None:
+                self.pool.hold(block)
+            elif (block := self.pool.reuse(key)) is None:
                 break
             self.blocks.append(block)
             self.tokens.extend(key[1])
             self._keys.append(key)
-        return self.length
+            taken += size
+        return taken
+
+    def filled_by(self, tokens: list[int]) -> dict[BlockKey, int]:
+        """Blocks that feeding ``tokens`` next fills, by key; their room is reserved."""
+        self.reserve(len(tokens))
+        size = self.pool.block_tokens
+        history = self.tokens + tokens
+        filled: dict[BlockKey, int] = {}
+        key = self._keys[-1] if self._keys else None
+        for index in range(len(self._keys), len(history) // size):
+            parent = 0 if key is None else hash(key)
+            key = (parent, tuple(history[index * size : (index + 1) * size]))
+            filled[key] = self.blocks[index]
+        return filled
 
     def reserve(self, count: int) -> list[int]:
         """Room for ``count`` more tokens; their flat slots in the pool."""

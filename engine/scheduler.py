@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from engine.errors import QueueFullError
-from engine.kv_cache import SequenceCache
+from engine.kv_cache import BlockKey, SequenceCache
 from engine.request import RequestState
 from engine.sequence import Sequence
 
@@ -128,10 +128,17 @@ class Scheduler:
         decoding = [seq for seq in self.running if not seq.is_prefilling]
         budget = max(self.max_sweep_tokens - len(decoding), 1)
         slots = [Slot(seq, 1) for seq in decoding]
+        # Blocks the prompt chunks planned so far fill in this sweep: a later
+        # prompt that starts with the same tokens takes them. It runs in this
+        # sweep too, so a failed sweep fails both; and a preemption takes the
+        # latest first, so the filler never leaves while the taker stays.
+        filling: dict[BlockKey, int] = {}
         for sequence in self.running:
             if sequence.is_prefilling and budget > 0:
+                sequence.share(filling)
                 count = min(len(sequence.pending_ids), budget)
                 slots.append(Slot(sequence, count))
+                filling |= sequence.cache.filled_by(sequence.pending_ids[:count])
                 budget -= count
         return slots
 

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
 from engine.constraint import TokenConstraint
 from engine.detokenize import TextStream
-from engine.kv_cache import SequenceCache
+from engine.kv_cache import BlockKey, SequenceCache
 from engine.request import (
     EmbeddingRequest,
     EventSink,
@@ -92,6 +93,15 @@ class Sequence:
         self.pending_ids = tokens[self.num_cached :]
         self.pooled = None
         self.state = RequestState.RUNNING
+
+    def share(self, filling: Mapping[BlockKey, int]) -> None:
+        """Take the next blocks of the prompt that are remembered or filled now.
+
+        ``filling``: blocks that earlier prompts of the coming sweep fill. An
+        embedding takes none, as in ``start``.
+        """
+        if self.cache is not None and not self.is_embedding:
+            self.consumed(self.cache.share(self.pending_ids, filling))
 
     def consumed(self, count: int) -> None:
         self.num_cached += count

@@ -34,7 +34,11 @@ def folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def make_engine(
-    folder: Path, tokenizer, kv_tokens: int | None = None, **knobs
+    folder: Path,
+    tokenizer,
+    kv_tokens: int | None = None,
+    worker_thread: bool = True,
+    **knobs,
 ) -> Engine:
     options = EngineOptions(torch.device("cpu"), torch.float32, **knobs)
     runner = ModelRunner(
@@ -44,7 +48,9 @@ def make_engine(
         options.dtype,
         options.prefetch_depth,
     )
-    return Engine("tiny", tokenizer, runner, options, frozenset(), kv_tokens)
+    return Engine(
+        "tiny", tokenizer, runner, options, frozenset(), kv_tokens, worker_thread
+    )
 
 
 class Collector:
