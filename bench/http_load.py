@@ -3,31 +3,30 @@
 Every request is sent at once; tokens/s in all is the completion tokens of all
 requests over the wall time from the first send to the last finish. The time
 to first token ends at the first chunk with text: the server sends an empty
-role chunk at once, before any layer ran.
+role chunk at once, before any layer ran. The client is ``bench.sse_client``:
+it shares the machine's cores with the server it measures.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-import httpx
+import h11
 
 from bench.prompt import chat_messages
 from bench.server_process import SERVED_NAME
-
-_DATA = "data: "
-
-
-class StreamFailed(Exception):
-    pass
-
+from bench.sse_client import StreamFailed, post_events
 
 # What a load can fail with; asyncio's timeout is a distinct class before 3.11.
-LOAD_ERRORS = (StreamFailed, httpx.HTTPError, asyncio.TimeoutError, ValueError)
+LOAD_ERRORS = (
+    StreamFailed,
+    h11.ProtocolError,
+    OSError,
+    asyncio.TimeoutError,
+    ValueError,
+)
 
 
 @dataclass(frozen=True)
@@ -64,23 +63,17 @@ def run_load(
 async def _load(
     base_url: str, count: int, max_tokens: int, first_prompt: int
 ) -> LoadResult:
-    limits = httpx.Limits(max_connections=count)
-    # No read timeout: with layers streamed, a token can take minutes.
-    timeout = httpx.Timeout(10.0, read=None)
-    async with httpx.AsyncClient(
-        base_url=base_url, limits=limits, timeout=timeout
-    ) as client:
-        started = time.perf_counter()
-        calls = [
-            _stream(client, started, max_tokens, chat_messages(first_prompt + i))
-            for i in range(count)
-        ]
-        streams = await asyncio.gather(*calls)
+    started = time.perf_counter()
+    calls = [
+        _stream(base_url, started, max_tokens, chat_messages(first_prompt + i))
+        for i in range(count)
+    ]
+    streams = await asyncio.gather(*calls)
     return LoadResult(streams, max(s.finished_s for s in streams))
 
 
 async def _stream(
-    client: httpx.AsyncClient, started: float, max_tokens: int, messages: list[dict]
+    base_url: str, started: float, max_tokens: int, messages: list[dict]
 ) -> StreamResult:
     body = {
         "model": SERVED_NAME,
@@ -91,32 +84,16 @@ async def _stream(
         "stream_options": {"include_usage": True},
     }
     ttft, parts, tokens = None, [], 0
-    async with client.stream("POST", "/v1/chat/completions", json=body) as response:
-        if response.status_code != 200:
-            await response.aread()
-            raise StreamFailed(f"HTTP {response.status_code}: {response.text[:200]}")
-        async for chunk in _chunks(response.aiter_lines()):
-            text, usage = _content(chunk), chunk.get("usage")
-            if text and ttft is None:
-                ttft = time.perf_counter() - started
-            parts.append(text)
-            if usage:
-                tokens = usage["completion_tokens"]
+    # No read timeout: with layers streamed, a token can take minutes.
+    async for chunk in post_events(base_url, "/v1/chat/completions", body):
+        text, usage = _content(chunk), chunk.get("usage")
+        if text and ttft is None:
+            ttft = time.perf_counter() - started
+        parts.append(text)
+        if usage:
+            tokens = usage["completion_tokens"]
     finished = time.perf_counter() - started
     return StreamResult(ttft, finished, tokens, "".join(parts))
-
-
-async def _chunks(lines: AsyncIterator[str]) -> AsyncIterator[dict]:
-    async for line in lines:
-        if not line.startswith(_DATA):
-            continue
-        data = line.removeprefix(_DATA)
-        if data == "[DONE]":
-            return
-        chunk = json.loads(data)
-        if "error" in chunk:
-            raise StreamFailed(chunk["error"].get("message", "error in stream"))
-        yield chunk
 
 
 def _content(chunk: dict) -> str:
