@@ -19,6 +19,7 @@ from torch import nn
 from transformers import PreTrainedModel
 
 from engine.checkpoint import Checkpoint
+from engine.direct_layer import direct_layer, is_hooked
 from engine.errors import ModelFileError
 from engine.fusion import fuse_in_place, fuse_resident
 from engine.kernels import block_head, block_linears, choose_blocking, use_cpu_kernels
@@ -102,6 +103,7 @@ class ModelRunner:
 
         check_layer_keys(self.layers, checkpoint)
         self._slots = [WeightSlots(layer) for layer in self.layers]
+        self._direct = [direct_layer(layer) for layer in self.layers]
         self._load_resident(checkpoint)
         streamed = [i for i in range(len(self.layers)) if i not in resident_layers]
         # On the CPU a layer stored in the compute dtype needs no copy at all.
@@ -189,6 +191,10 @@ class ModelRunner:
 
     def _forward(self, index: int, layer: nn.Module, batch: _Batch) -> None:
         kind = self.layer_types[index]
+        direct = self._direct[index]
+        if direct is not None and not is_hooked(layer):
+            batch.hidden = direct(batch.hidden, batch.rotary[kind], batch.pack)
+            return
         batch.hidden = layer(
             batch.hidden,
             attention_mask=None,  # each sequence's own mask travels in the pack
