@@ -2,8 +2,9 @@
 
 The file is memory-mapped. On the CPU, a streamed layer whose stored dtype is
 the compute dtype is used in place: its pages are mapped ahead of the compute
-and the page cache is the only copy. Otherwise a layer is read with ``preadv``
-into a reused staging buffer (then converted, or sent to the GPU).
+and the page cache is the only copy. Otherwise a layer is copied out of the
+mapping into a reused staging buffer (converted on the way, or then sent to
+the GPU).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import itertools
 import json
 import logging
 import mmap
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +54,6 @@ class TensorFile:
         with path.open("rb") as handle:
             self.tensors, self.metadata = _read_header(handle, path)
             self._map = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
-        self._fd = os.open(path, os.O_RDONLY)
         self._can_populate = True
 
     def tensor(self, key: str) -> torch.Tensor:
@@ -96,20 +95,8 @@ class TensorFile:
                 self._can_populate = False
         self._map.madvise(mmap.MADV_WILLNEED, start, info.end - start)
 
-    def read_into(self, key: str, out: torch.Tensor) -> None:
-        """Read one tensor's bytes into ``out`` (uint8, exactly its size)."""
-        info = self.tensors[key]
-        view = memoryview(out.numpy())
-        done = 0
-        while done < len(view):
-            count = os.preadv(self._fd, [view[done:]], info.start + done)
-            if count == 0:
-                raise ModelFileError(str(self.path), f"file ended inside {key}")
-            done += count
-
     def close(self) -> None:
         self._map.close()
-        os.close(self._fd)
 
 
 def _read_header(handle, path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
