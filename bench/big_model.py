@@ -76,6 +76,16 @@ class LlamaShape:
         return self.layers * self.layer_parameters + self.outer_parameters
 
 
+# Llama-2's shapes; the vocabulary becomes the tokenizer's when written. 13B
+# stored as bfloat16 (26 GB) is larger than a 24 GB machine's whole memory.
+SHAPES = {
+    "7b": LlamaShape(),
+    "13b": LlamaShape(
+        hidden=5120, intermediate=13824, layers=40, heads=40, kv_heads=40
+    ),
+}
+
+
 def tokenizer_vocab(tokenizer_folder: Path) -> int:
     return len(AutoTokenizer.from_pretrained(tokenizer_folder))
 

@@ -83,15 +83,29 @@ class BigReport:
     wall_s: float | None = None
     peak_rss_bytes: int | None = None
     peak_anon_bytes: int | None = None
+    memory_bytes: int | None = None  # the machine's, page cache included
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
     @property
-    def sweep_s(self) -> float | None:
-        """Mean seconds per sweep: the prompt's sweep, then one per new token."""
-        if not self.completion_tokens or self.wall_s is None:
+    def later_sweep_s(self) -> float | None:
+        """Mean seconds of the sweeps after the prompt's: one new token each.
+
+        The first sweep (the time to first token) reads every layer from the
+        disk and runs the whole prompt; the later ones find in the page cache
+        whatever of the model it could keep.
+        """
+        tokens, first = self.completion_tokens, self.ttft_s
+        if not tokens or tokens < 2 or first is None or self.wall_s is None:
             return None
-        return self.wall_s / self.completion_tokens
+        return (self.wall_s - first) / (tokens - 1)
+
+    @property
+    def fits_page_cache(self) -> bool | None:
+        """Whether this machine's memory could keep every streamed layer cached."""
+        if self.memory_bytes is None:
+            return None
+        return self.streamed_bytes < self.memory_bytes
 
 
 def run_big(options: BigOptions) -> BigReport:
@@ -107,8 +121,17 @@ def run_big(options: BigOptions) -> BigReport:
             shape.layers * shape.layer_parameters * _itemsize(options.dtype)
         )
         _measure_reading(files, report)
+        report.memory_bytes = machine_memory_bytes()
         _serve(folder, options, report)
     return report
+
+
+def machine_memory_bytes() -> int | None:
+    """MemTotal: all the page cache could ever hold, and more."""
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            return int(line.split()[1]) * 1024
+    return None
 
 
 def check_disk(target: Path, shape: LlamaShape, dtype: torch.dtype) -> None:

@@ -19,16 +19,18 @@ def render_big(report: BigReport) -> str:
         ["written in", _seconds(report.write_s)],
         ["memory budget passed", report.max_memory or "none"],
         ["tokens generated", _text(report.completion_tokens)],
-        ["time to first token", _seconds(report.ttft_s)],
-        ["time per sweep (wall / tokens)", _seconds(report.sweep_s)],
+        ["time to first token (prompt sweep, from disk)", _seconds(report.ttft_s)],
+        ["time per later sweep (one token each)", _seconds(report.later_sweep_s)],
         ["peak RSS (VmHWM)", _size(report.peak_rss_bytes)],
         ["peak anonymous memory", _size(report.peak_anon_bytes)],
+        ["machine memory", _size(report.memory_bytes)],
+        ["page cache can hold the streamed layers", _yes_no(report.fits_page_cache)],
         ["disk read, page cache emptied", _rate(report.cold_read_bytes_per_s)],
         ["page-cache read", _rate(report.page_cache_read_bytes_per_s)],
         ["read limit per sweep, disk", _seconds(_limit(report, cold=True))],
         ["read limit per sweep, page cache", _seconds(_limit(report, cold=False))],
         ["compute floor per token", _seconds(_compute_floor(report))],
-        ["share of the disk read limit", _share(report)],
+        ["later sweeps: share of their read limit", _share(report)],
     ]
     if report.error:
         rows.append(["error", report.error])
@@ -52,8 +54,17 @@ def _compute_floor(report: BigReport) -> float | None:
 
 
 def _share(report: BigReport) -> str:
-    limit, sweep = _limit(report, cold=True), report.sweep_s
-    return "—" if limit is None or not sweep else f"{limit / sweep:.0%}"
+    """The later sweeps against the disk's limit, or the page cache's if it fits."""
+    fits, sweep = report.fits_page_cache, report.later_sweep_s
+    limit = _limit(report, cold=not fits) if fits is not None else None
+    if limit is None or not sweep:
+        return "—"
+    source = "page cache" if fits else "disk"
+    return f"{limit / sweep:.0%} (of the {source}'s)"
+
+
+def _yes_no(value: bool | None) -> str:
+    return "—" if value is None else ("yes" if value else "no")
 
 
 def _size(count: int | None) -> str:

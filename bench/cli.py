@@ -12,13 +12,13 @@ import json
 import logging
 import os
 import sys
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from bench.big_model import LlamaShape, tokenizer_vocab
+from bench.big_model import SHAPES, LlamaShape, tokenizer_vocab
 from bench.big_run import (
     BigOptions,
     BigReport,
@@ -46,7 +46,7 @@ _QUICK = {
     "rounds": 1,
 }
 _FULL = {
-    "tokens": 32, "airllm_tokens": 4, "big_layers": 32, "big_tokens": 4, "rounds": 3,
+    "tokens": 32, "airllm_tokens": 4, "big_tokens": 4, "rounds": 3,
 }  # fmt: skip
 
 
@@ -78,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_big_flags(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--big", action="store_true", help="serve a random model bigger than memory")
-    add("--big-layers", type=int, help="decoder layers (default 32, as 7B)")
+    add("--big-shape", default="7b", choices=sorted(SHAPES), help="Llama shape")
+    add("--big-layers", type=int, help="decoder layers (default: the shape's)")
     add("--big-dir", type=Path, help="keep the big model here and reuse it")
     add("--big-tokens", type=int, help="tokens to generate (default 4)")
     add("--big-max-memory", help="budget (default: head, embeddings, two layers)")
@@ -141,7 +142,9 @@ def _side_by_side(args: argparse.Namespace, home: Path) -> int:
 def _big(args: argparse.Namespace, home: Path) -> int:
     tokenizer_folder = _model_folder(None, home)
     vocab = tokenizer_vocab(tokenizer_folder)
-    shape = LlamaShape(layers=args.big_layers, vocab=vocab)
+    shape = replace(SHAPES[args.big_shape], vocab=vocab)
+    if args.big_layers is not None:
+        shape = replace(shape, layers=args.big_layers)
     options = BigOptions(
         shape=shape,
         dtype=getattr(torch, args.big_dtype),
@@ -200,7 +203,11 @@ def _report_json(report: Report, targets: list[Target]) -> dict[str, Any]:
 
 
 def _big_json(report: BigReport) -> dict[str, Any]:
-    return {**asdict(report), "sweep_s": report.sweep_s}
+    return {
+        **asdict(report),
+        "later_sweep_s": report.later_sweep_s,
+        "fits_page_cache": report.fits_page_cache,
+    }
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:

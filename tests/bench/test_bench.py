@@ -12,7 +12,8 @@ from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bench.big_model import LlamaShape, tokenizer_vocab, write_random_llama
-from bench.big_run import default_budget
+from bench.big_run import BigReport, default_budget
+from bench.big_table import render_big
 from bench.cli import _fill_defaults, build_parser
 from bench.generate_worker import FirstTokenClock, prompt_ids
 from bench.http_load import StreamResult, _content
@@ -174,6 +175,21 @@ def test_big_default_budget_is_far_below_a_7b_model() -> None:
     shape = LlamaShape()
     budget_bytes = int(default_budget(shape, 4).max_memory.removesuffix("MB")) * 10**6
     assert budget_bytes < shape.parameters * 4 / 5
+
+
+def test_later_sweeps_leave_the_prompts_sweep_out() -> None:
+    report = BigReport(TINY, "bfloat16", "model", completion_tokens=4)
+    report.ttft_s, report.wall_s = 10.0, 16.0
+    assert report.later_sweep_s == 2.0
+
+
+def test_later_sweeps_of_a_model_larger_than_memory_meet_the_disks_limit() -> None:
+    report = BigReport(TINY, "bfloat16", "model", completion_tokens=3)
+    report.streamed_bytes, report.memory_bytes = 30 * 10**9, 24 * 10**9
+    report.cold_read_bytes_per_s, report.page_cache_read_bytes_per_s = 2e9, 6e9
+    report.ttft_s, report.wall_s = 20.0, 50.0  # later sweeps: 15 s, the disk's
+    assert report.fits_page_cache is False
+    assert "| 100% (of the disk's) |" in render_big(report)
 
 
 def test_first_token_clock_ignores_the_prompt() -> None:
