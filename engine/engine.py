@@ -89,6 +89,7 @@ class Engine:
             options.max_sweep_tokens,
             kv_tokens,
             runner.new_cache,
+            options.batch_wait_s,
         )
         self._stopping = threading.Event()
         self._has_exited = False

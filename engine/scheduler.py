@@ -53,8 +53,10 @@ class Scheduler:
         max_sweep_tokens: int,
         kv_tokens: int,
         new_cache: Callable[[], SequenceCache],
+        batch_wait_s: float = 0.0,
     ) -> None:
         self.max_batch = max_batch
+        self.batch_wait_s = batch_wait_s
         self.max_sweep_tokens = max_sweep_tokens
         self.kv_tokens = kv_tokens  # KV-cache budget, in tokens of all layers
         self.running: list[Sequence] = []
@@ -90,10 +92,22 @@ class Scheduler:
             self._waiting = collections.deque(kept)
 
     def admit(self, retire: Callable[[Sequence], bool]) -> None:
-        """Fill the batch; ``retire`` drops a cancelled sequence and says so."""
+        """Fill the batch; ``retire`` drops a cancelled sequence and says so.
+
+        An idle batch waits for a request, then for any others that follow it
+        at most ``batch_wait_s`` apart (up to a full batch): a sweep reads every
+        streamed layer, so requests that arrive a moment apart, as a burst does
+        through the HTTP side, share their first sweep instead of paying one
+        each. A running batch takes what is waiting and goes on at once.
+        """
         self.running = [seq for seq in self.running if not retire(seq)]
+        gathering = not self.running
         while len(self.running) < self.max_batch:
-            sequence = self._next(block=not self.running)
+            if not self.running:
+                wait = _IDLE_POLL_S
+            else:
+                wait = self.batch_wait_s if gathering else 0.0
+            sequence = self._next(wait)
             if sequence is None:
                 return
             if retire(sequence):
@@ -120,7 +134,7 @@ class Scheduler:
         """Everything not yet finished, removed from the scheduler."""
         left = self.running + list(self._returned)
         self.running, self._returned = [], collections.deque()
-        while (sequence := self._next(block=False)) is not None:
+        while (sequence := self._next(0.0)) is not None:
             left.append(sequence)
         return left
 
@@ -152,12 +166,12 @@ class Scheduler:
     def _kv_used(self) -> int:
         return sum(seq.num_tokens for seq in self.running)
 
-    def _next(self, block: bool) -> Sequence | None:
+    def _next(self, wait_s: float) -> Sequence | None:
         if self._returned:
             return self._returned.popleft()
         with self._arrived:
-            if block and not self._waiting:
-                self._arrived.wait(timeout=_IDLE_POLL_S)
+            if wait_s > 0 and not self._waiting:
+                self._arrived.wait(timeout=wait_s)
             return self._waiting.popleft() if self._waiting else None
 
 

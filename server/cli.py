@@ -51,6 +51,7 @@ SERVE_FLAGS = (
     ("--max-queue", "most requests waiting; more get HTTP 503"),
     ("--prefetch-depth", "layers read ahead of the one computing"),
     ("--max-sweep-tokens", "most tokens in one sweep; longer prompts are chunked"),
+    ("--batch-wait", "seconds an idle engine waits for more arrivals, e.g. 0.01"),
     ("--max-memory", "bytes for weights and KV cache, e.g. 2GB (auto: half the free)"),
     ("--kv-memory", "bytes of KV cache (default: a quarter of --max-memory)"),
     ("--request-timeout", "seconds a request may take; 0: no limit"),

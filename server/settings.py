@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=64, ge=1)
     prefetch_depth: int = Field(default=2, ge=1)
     max_sweep_tokens: int = Field(default=512, ge=1)
+    # Seconds an idle engine waits between arrivals to start them in one sweep.
+    batch_wait: float = Field(default=0.01, ge=0, le=1)
     # Sizes such as "2GB" or "512MiB"; "auto" takes a share of what is free.
     max_memory: str = "auto"
     kv_memory: str | None = None
@@ -169,6 +171,7 @@ def engine_options(settings: Settings) -> EngineOptions:
         max_queue=settings.max_queue,
         prefetch_depth=settings.prefetch_depth,
         max_sweep_tokens=settings.max_sweep_tokens,
+        batch_wait_s=settings.batch_wait,
         max_memory=_bytes_or_auto(settings.max_memory, device),
         kv_memory=parse_bytes(settings.kv_memory) if settings.kv_memory else None,
         home=settings.home,

@@ -146,6 +146,22 @@ def test_request_joining_eight_streams_gets_a_token_within_two_sweeps(
     assert joined_after <= 2
 
 
+@pytest.mark.parametrize("batch_wait_s", [0.0, 1.0])
+def test_a_request_arriving_just_after_another_shares_its_first_sweep(
+    folder: Path, smollm2_tokenizer, batch_wait_s: float
+) -> None:
+    engine = make_engine(folder, smollm2_tokenizer, batch_wait_s=batch_wait_s)
+    first, second = Collector(), Collector()
+    submit(engine, PROMPTS[0], 12, first)
+    threading.Event().wait(0.05)  # a moment later, as a burst's next request
+    submit(engine, PROMPTS[1], 12, second)
+    first.text(), second.text()
+    engine.shutdown()
+    # Together: one prompt sweep, then eleven decoding ones.
+    shared = engine.num_sweeps == 12
+    assert shared == (batch_wait_s > 0)
+
+
 def test_long_prompt_in_chunks_gives_the_same_answer(
     folder: Path, smollm2_tokenizer
 ) -> None:
