@@ -43,7 +43,6 @@ from bench.server_process import (
 logger = logging.getLogger(__name__)
 
 _DISK_MARGIN_BYTES = 2 * 1024**3
-_COLD_SAMPLE_BYTES = 2 * 1024**3
 _COMPUTE_ITEMSIZE = 4  # the server computes in float32 on the CPU
 _IN_FLIGHT_LAYERS = 3
 _PROMPT_ALLOWANCE = 64  # tokens: the prompt and some slack
@@ -84,6 +83,7 @@ class BigReport:
     peak_rss_bytes: int | None = None
     peak_anon_bytes: int | None = None
     memory_bytes: int | None = None  # the machine's, page cache included
+    disk_read_bytes: int | None = None  # what the server read from storage, all sweeps
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -131,6 +131,21 @@ def machine_memory_bytes() -> int | None:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemTotal:"):
             return int(line.split()[1]) * 1024
+    return None
+
+
+def storage_read_bytes(pid: int) -> int | None:
+    """Bytes a process has made the kernel fetch from storage (``/proc/PID/io``).
+
+    The page cache's hits are not in it: what it counts came from the disk.
+    """
+    try:
+        text = Path(f"/proc/{pid}/io").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("read_bytes:"):
+            return int(line.split()[1])
     return None
 
 
@@ -200,7 +215,10 @@ def _is_complete(folder: Path, shape: LlamaShape) -> bool:
 def _measure_reading(files: tuple[Path, ...], report: BigReport) -> None:
     layer_files = files[1:-1] or files
     logger.info("measuring the disk's read rate with the page cache emptied")
-    rate, method = cold_read_bandwidth(layer_files, _COLD_SAMPLE_BYTES)
+    # Every layer file, as a sweep reads them: a few gigabytes of a virtual
+    # disk read at three times its sustained rate, or at a fifth of it.
+    whole = sum(path.stat().st_size for path in layer_files)
+    rate, method = cold_read_bandwidth(layer_files, whole)
     report.cold_read_bytes_per_s, report.cold_read_method = rate, method
     report.page_cache_read_bytes_per_s = page_cache_read_bandwidth(layer_files[:1])
     report.matmul_flops_per_s = matmul_rate()
@@ -218,8 +236,12 @@ def _serve(folder: Path, options: BigOptions, report: BigReport) -> None:
     _note_residency(fetch_residency(server.base_url), options, report)
     try:
         with MemoryWatch(server.pid) as watch:
+            before = storage_read_bytes(server.pid)
             _generate(server.base_url, options, report)
+            after = storage_read_bytes(server.pid)
             peaks = watch.peaks()
+        if before is not None and after is not None:
+            report.disk_read_bytes = after - before
         report.peak_rss_bytes = peaks.rss_bytes
         report.peak_anon_bytes = peaks.anon_bytes
     finally:
