@@ -14,7 +14,7 @@ from pydantic import (
 )
 
 from server.schemas.response_format import ResponseFormat
-from server.schemas.sampling import MAX_TOP_LOGPROBS, SamplingFields, Text
+from server.schemas.sampling import MAX_TOP_LOGPROBS, SamplingFields
 from server.schemas.tools import Tool, ToolCall, ToolChoice
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
@@ -26,7 +26,7 @@ MEDIA_PARTS = frozenset({"image_url", "input_audio", "image", "audio", "file"})
 
 class TextPart(BaseModel):
     type: Literal["text"]
-    text: Text
+    text: str
 
     @field_validator("type", mode="before")
     @classmethod

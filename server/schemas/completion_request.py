@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import Field, StrictBool, StrictInt, ValidationInfo, field_validator
 
-from server.schemas.sampling import MAX_TOP_LOGPROBS, SamplingFields, Text
+from server.schemas.sampling import MAX_TOP_LOGPROBS, SamplingFields
 
 # OpenAI's default for this endpoint, unlike chat's "the rest of the context".
 DEFAULT_MAX_TOKENS = 16
@@ -18,7 +18,7 @@ _PROMPT_SHAPES = (
 
 class CompletionRequest(SamplingFields):
     # Every form arrives here as a list of prompts, each a text or token ids.
-    prompt: list[Text] | list[list[StrictInt]]
+    prompt: list[str] | list[list[StrictInt]]
     suffix: str | None = None
     max_tokens: StrictInt | None = Field(default=DEFAULT_MAX_TOKENS, ge=1)
     echo: StrictBool | None = None

@@ -6,8 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, field_validator
 
+from server.schemas.body import RequestBody
 from server.schemas.completion_request import is_token_ids
-from server.schemas.sampling import Text
 
 _INPUT_SHAPES = (
     "a string, an array of strings, an array of token ids or an array of arrays "
@@ -15,13 +15,13 @@ _INPUT_SHAPES = (
 )
 
 
-class EmbeddingsRequest(BaseModel):
+class EmbeddingsRequest(RequestBody):
     # As for the other routes: fields this server does not use are ignored.
     model_config = ConfigDict(extra="allow")
 
     model: str
     # Every form arrives here as a list of inputs, each a text or token ids.
-    input: list[Text] | list[list[StrictInt]]
+    input: list[str] | list[list[StrictInt]]
     encoding_format: Literal["float", "base64"] | None = None
     dimensions: StrictInt | None = Field(default=None, ge=1)
     user: str | None = None  # accepted; nothing is done with it

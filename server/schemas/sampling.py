@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any, TypeVar
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -15,6 +14,7 @@ from pydantic import (
 )
 
 from engine.request import SamplingParams
+from server.schemas.body import RequestBody
 
 # torch seeds are 64-bit; OpenAI documents no range, so the signed one is taken.
 SEED_RANGE = (-(2**63), 2**63 - 1)
@@ -23,18 +23,7 @@ MAX_CHOICES = 128
 MAX_TOP_LOGPROBS = 20
 
 
-def _encodable(text: str) -> str:
-    # JSON may carry lone UTF-16 surrogates ("\ud83c"); no tokenizer can encode
-    # them, so they are refused here rather than failing deep in the template.
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as error:
-        raise ValueError(f"text is not valid Unicode ({error.reason})") from None
-    return text
-
-
-Text = Annotated[str, AfterValidator(_encodable)]
-StopList = Annotated[list[Text], Field(max_length=4)]
+StopList = Annotated[list[str], Field(max_length=4)]
 # Strict: OpenAI refuses true or "0.5" for a number; an integer is a number.
 Number = Annotated[float, Field(strict=True)]
 Bias = Annotated[Number, Field(ge=-100, le=100)]
@@ -45,7 +34,7 @@ class StreamOptions(BaseModel):
     include_usage: StrictBool = False
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(RequestBody):
     # Fields of the OpenAI API this server does not use yet are accepted and
     # ignored, as clients send many of them by default.
     # NaN passes no range check, so every float must be finite first.

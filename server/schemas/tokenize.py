@@ -11,15 +11,15 @@ from pydantic import (
     field_validator,
 )
 
+from server.schemas.body import RequestBody
 from server.schemas.chat_request import Message
-from server.schemas.sampling import Text
 
 
-class TokenizeRequest(BaseModel):
+class TokenizeRequest(RequestBody):
     """Either a text, or chat messages templated as for a chat completion."""
 
     model: str | None = None
-    prompt: Text | None = None
+    prompt: str | None = None
     messages: list[Message] | None = Field(
         default=None, min_length=1, validate_default=True
     )
@@ -53,7 +53,7 @@ class TokenizeResponse(BaseModel):
     max_model_len: int
 
 
-class DetokenizeRequest(BaseModel):
+class DetokenizeRequest(RequestBody):
     model: str | None = None
     tokens: list[StrictInt]
 

@@ -275,6 +275,53 @@ def test_lone_surrogate_in_content_is_a_400(client: TestClient) -> None:
     assert _error(400, response.json())["param"].startswith("messages.0.content")
 
 
+# Request fields in raw JSON, where "S" stands for a lone surrogate ("\ud83c"),
+# and the field the 400 names: a bad key is named by the object that holds it.
+_HI = '{"role": "user", "content": "hi"}'
+_CALL = '{"id": "S", "type": "function", "function": {"name": "f", "arguments": "{}"}}'
+_SCHEMA = '{"name": "x", "schema": {"type": "object", "properties": {"S": {}}}}'
+LONE_SURROGATES = [
+    (
+        "/v1/chat/completions",
+        '"messages": [{"role": "user", "name": "S", "content": "x"}]',
+        "messages.0.name",
+    ),
+    (
+        "/v1/chat/completions",
+        f'"messages": [{{"role": "assistant", "tool_calls": [{_CALL}]}}, {_HI}]',
+        "messages.0.tool_calls.0.id",
+    ),
+    (
+        "/v1/chat/completions",
+        f'"messages": [{_HI}], "tools": [{{"type": "function", '
+        '"function": {"name": "f", "description": "S"}}]',
+        "tools.0.function.description",
+    ),
+    (
+        "/v1/chat/completions",
+        f'"messages": [{_HI}], '
+        f'"response_format": {{"type": "json_schema", "json_schema": {_SCHEMA}}}',
+        "response_format.json_schema.schema.properties",
+    ),
+    ("/v1/completions", '"prompt": ["ok", "S"]', "prompt.1"),
+    ("/v1/embeddings", '"input": "S"', "input"),
+    ("/tokenize", '"prompt": "S"', "prompt"),
+]
+
+
+@pytest.mark.parametrize(("route", "fields", "param"), LONE_SURROGATES)
+def test_a_lone_surrogate_anywhere_is_a_400_naming_its_field(
+    client: TestClient, route: str, fields: str, param: str
+) -> None:
+    fields = fields.replace('"S"', '"\\ud83c"')
+    body = f'{{"model": "{MODEL}", {fields}}}'
+    response = client.post(
+        route, content=body.encode(), headers={"content-type": "application/json"}
+    )
+    assert response.status_code == 400, response.text
+    assert _error(400, response.json())["param"] == param
+
+
 def test_system_turn_for_a_template_without_it_is_merged_not_refused(
     client: TestClient, fake_engine: FakeEngine
 ) -> None:
