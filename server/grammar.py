@@ -94,6 +94,13 @@ class GrammarCompiler:
         if compiled.is_error():
             raise GrammarError(compiled.get_error())
         vocab_size = self.tokenizer.vocab_size
+        # Some grammars compile and fail as soon as a first token is asked for
+        # (a schema that is only a reference to itself): asking now makes that
+        # a 400, before a stream's headers are out, not an error event after.
+        first = compiled.deep_copy()
+        llguidance.numpy.fill_next_token_bitmask(first, _bitmask(vocab_size))
+        if first.is_error():
+            raise GrammarError(failure_reason(first))
         return lambda: GrammarConstraint(compiled.deep_copy(), vocab_size, param)
 
 
@@ -115,7 +122,7 @@ class GrammarConstraint:
     ) -> None:
         self._matcher = matcher
         self._param = param
-        self._bitmask = llguidance.numpy.allocate_token_bitmask(1, vocab_size)
+        self._bitmask = _bitmask(vocab_size)
 
     def mask(self, logits: torch.Tensor) -> torch.Tensor:
         llguidance.numpy.fill_next_token_bitmask(self._matcher, self._bitmask)
@@ -136,15 +143,22 @@ class GrammarConstraint:
         # recursive schema outgrows the parser's limits: the request's fault,
         # so a 400 naming its field (or an error event, once streaming).
         if self._matcher.is_error():
-            # llguidance's message goes on with its parser's state: only its
-            # first line says what went wrong.
-            lines = self._matcher.get_error().splitlines() or ["no reason given"]
-            first_line = lines[0][:_REASON_CHARS]
             raise InvalidRequestError(
                 f"{self._param} cannot be enforced: constrained decoding failed: "
-                f"{first_line}",
+                f"{failure_reason(self._matcher)}",
                 self._param,
             )
+
+
+def failure_reason(matcher: llguidance.LLMatcher) -> str:
+    # llguidance's message goes on with its parser's state: only its first
+    # line says what went wrong.
+    lines = matcher.get_error().splitlines() or ["no reason given"]
+    return lines[0][:_REASON_CHARS]
+
+
+def _bitmask(vocab_size: int) -> np.ndarray:
+    return llguidance.numpy.allocate_token_bitmask(1, vocab_size)
 
 
 def allowed_tokens(bitmask: np.ndarray, vocab_size: int) -> torch.Tensor:

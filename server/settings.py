@@ -41,7 +41,10 @@ class SettingsError(ValueError):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="LAYERSTREAM_", extra="forbid")
+    # A NaN passes no range check, so every number must be finite first.
+    model_config = SettingsConfigDict(
+        env_prefix="LAYERSTREAM_", extra="forbid", allow_inf_nan=False
+    )
 
     config: Path | None = None
     model: str | None = None

@@ -273,6 +273,20 @@ def test_bad_structured_field_is_a_400_naming_it(
     assert (status, body["error"]["param"]) == (400, param)
 
 
+def test_streamed_schema_that_cannot_start_is_a_400_not_an_error_event(
+    client: TestClient,
+) -> None:
+    schema = {"name": "x", "schema": {"$ref": "#"}}
+    response_format = {"type": "json_schema", "json_schema": schema}
+
+    status, body = _post(client, response_format=response_format, stream=True)
+
+    assert (status, body["error"]["param"]) == (
+        400,
+        "response_format.json_schema.schema",
+    )
+
+
 def test_image_part_refusal_says_the_model_reads_text_only(client: TestClient) -> None:
     part = {"type": "image_url", "image_url": {"url": "http://x/cat.png"}}
 

@@ -10,6 +10,7 @@ from transformers import PreTrainedTokenizerBase
 from engine.errors import InvalidRequestError
 from server.grammar import (
     GrammarCompiler,
+    GrammarError,
     allowed_tokens,
     json_schema_error,
     json_schema_grammar,
@@ -151,6 +152,17 @@ def test_schema_that_outgrows_the_parser_while_generating_names_its_field(
 
     assert raised.value.param == "response_format"
     assert "\n" not in str(raised.value)  # the reason, not the parser's state
+
+
+def test_schema_failing_at_its_first_token_is_refused_when_compiled(
+    compiler: GrammarCompiler,
+) -> None:
+    # Only a reference to itself: nothing can start it. Refused before the
+    # request is queued, so a stream gets a 400 instead of an error event.
+    with pytest.raises(GrammarError) as raised:
+        compiler.factory(json_schema_grammar({"$ref": "#"}))
+
+    assert "\n" not in str(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -89,6 +89,10 @@ def test_unknown_key_in_config_file_is_an_error(tmp_path: Path) -> None:
         ("device", "tpu"),
         ("dtype", "int8"),
         ("log_level", "loud"),
+        ("batch_wait", -0.1),
+        ("batch_wait", 2),
+        ("batch_wait", float("nan")),
+        ("request_timeout", float("nan")),
     ],
 )
 def test_out_of_range_value_is_an_error_naming_the_field(
