@@ -100,7 +100,7 @@ class GrammarCompiler:
         first = compiled.deep_copy()
         llguidance.numpy.fill_next_token_bitmask(first, _bitmask(vocab_size))
         if first.is_error():
-            raise GrammarError(failure_reason(first))
+            raise GrammarError(_failure_reason(first))
         return lambda: GrammarConstraint(compiled.deep_copy(), vocab_size, param)
 
 
@@ -145,12 +145,12 @@ class GrammarConstraint:
         if self._matcher.is_error():
             raise InvalidRequestError(
                 f"{self._param} cannot be enforced: constrained decoding failed: "
-                f"{failure_reason(self._matcher)}",
+                f"{_failure_reason(self._matcher)}",
                 self._param,
             )
 
 
-def failure_reason(matcher: llguidance.LLMatcher) -> str:
+def _failure_reason(matcher: llguidance.LLMatcher) -> str:
     # llguidance's message goes on with its parser's state: only its first
     # line says what went wrong.
     lines = matcher.get_error().splitlines() or ["no reason given"]
