@@ -26,7 +26,6 @@ def render_big(report: BigReport) -> str:
         ["machine memory", _size(report.memory_bytes)],
         ["page cache can hold the streamed layers", _yes_no(report.fits_page_cache)],
         ["read from disk while serving (all sweeps)", _size(report.disk_read_bytes)],
-        ["disk rate while serving", _rate(_serving_rate(report))],
         ["disk read, page cache emptied", _rate(report.cold_read_bytes_per_s)],
         ["page-cache read", _rate(report.page_cache_read_bytes_per_s)],
         ["read limit per sweep, disk", _seconds(_limit(report, cold=True))],
@@ -47,12 +46,6 @@ def render_big(report: BigReport) -> str:
 def _limit(report: BigReport, cold: bool) -> float | None:
     rate = report.cold_read_bytes_per_s if cold else report.page_cache_read_bytes_per_s
     return None if not rate else report.streamed_bytes / rate
-
-
-def _serving_rate(report: BigReport) -> float | None:
-    if report.disk_read_bytes is None or not report.wall_s:
-        return None
-    return report.disk_read_bytes / report.wall_s
 
 
 def _compute_floor(report: BigReport) -> float | None:

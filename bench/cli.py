@@ -82,7 +82,7 @@ def _add_big_flags(parser: argparse.ArgumentParser) -> None:
     add("--big-layers", type=int, help="decoder layers (default: the shape's)")
     add("--big-dir", type=Path, help="keep the big model here and reuse it")
     add("--big-tokens", type=int, help="tokens to generate (default 4)")
-    add("--big-max-memory", help="budget (default: head, embeddings, two layers)")
+    add("--big-max-memory", help="budget (default: head, embeddings, KV, three layers)")
     add("--big-dtype", default="bfloat16", choices=("bfloat16", "float16"))
 
 

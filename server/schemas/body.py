@@ -48,9 +48,12 @@ def first_non_unicode(data: Any) -> Location | None:
         elif isinstance(value, dict):
             if not all(_is_unicode(key) for key in value if isinstance(key, str)):
                 return where
-            stack.extend(((*where, key), item) for key, item in value.items())
+            # Reversed onto the stack, so that the body is walked in order.
+            items = [((*where, key), item) for key, item in value.items()]
+            stack.extend(reversed(items))
         elif isinstance(value, list):
-            stack.extend(((*where, index), item) for index, item in enumerate(value))
+            items = [((*where, index), item) for index, item in enumerate(value)]
+            stack.extend(reversed(items))
     return None
 
 
